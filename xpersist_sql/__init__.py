@@ -1,0 +1,44 @@
+"""xpersist_sql: cache workflow results as native payloads on fsspec, indexed by SQL.
+
+>>> from xpersist_sql import CacheStore
+>>> store = CacheStore("/tmp/my-cache")  # doctest: +SKIP
+"""
+
+from ._version import __version__
+from .errors import (
+    ArtifactNotFoundError,
+    CollisionError,
+    DuplicateKeyError,
+    InvalidKeyError,
+    MissingDependencyError,
+    PayloadLoadError,
+    PayloadMissingError,
+    ReadonlyStoreError,
+    SchemaVersionError,
+    SerializerNotFoundError,
+    XpersistSQLError,
+)
+from .models import Artifact, DuplicateKeyEnum
+from .serializers import Serializer, available_serializers, register_serializer
+from .store import CacheStore
+
+__all__ = [
+    "Artifact",
+    "ArtifactNotFoundError",
+    "CacheStore",
+    "CollisionError",
+    "DuplicateKeyEnum",
+    "DuplicateKeyError",
+    "InvalidKeyError",
+    "MissingDependencyError",
+    "PayloadLoadError",
+    "PayloadMissingError",
+    "ReadonlyStoreError",
+    "SchemaVersionError",
+    "Serializer",
+    "SerializerNotFoundError",
+    "XpersistSQLError",
+    "__version__",
+    "available_serializers",
+    "register_serializer",
+]

@@ -1,0 +1,135 @@
+"""SQLAlchemy engines for the index: SQLite pragmas, PostgreSQL pooling, fork safety."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
+
+__all__ = [
+    "SQLITE_BUSY_TIMEOUT_MS",
+    "create_index_engine",
+    "network_filesystem_type",
+    "redact_url",
+    "sqlite_path",
+]
+
+SQLITE_BUSY_TIMEOUT_MS = 60_000
+NETWORK_FILESYSTEMS = frozenset(
+    {"nfs", "nfs4", "cifs", "smb", "smb2", "smb3", "smbfs", "afs", "fuse.sshfs", "9p", "lustre",
+     "gpfs", "ceph", "glusterfs", "fuse.glusterfs", "fuse.s3fs", "fuse.gcsfuse", "beegfs"}
+)
+#: Execution option marking a connection whose transactions write (BEGIN IMMEDIATE on SQLite).
+WRITE_OPTION = "xpersist_write"
+
+
+def redact_url(url: str | URL) -> str:
+    """Return the URL as a string with its password hidden."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def sqlite_path(url: str | URL) -> Path | None:
+    """Return the database file of a SQLite URL (None for other backends and in-memory)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(str(parsed.database))
+
+
+def network_filesystem_type(path: Path, mounts: str | None = None) -> str | None:
+    """Return the filesystem type of ``path`` if it is a network filesystem, else None.
+
+    Parameters
+    ----------
+    path : Path
+        Any path; the longest mount point containing it decides.
+    mounts : str, optional
+        The mount table in ``/proc/mounts`` format (read from the system by default).
+    """
+    if mounts is None:
+        try:
+            mounts = Path("/proc/mounts").read_text()
+        except OSError:
+            return None
+    target = os.path.abspath(path)
+    best, best_type = "", None
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        mount_point = fields[1].replace("\\040", " ")
+        inside = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
+        if inside and len(mount_point) >= len(best):
+            best, best_type = mount_point, fields[2]
+    if best_type and (best_type in NETWORK_FILESYSTEMS or best_type.startswith("nfs")):
+        return best_type
+    return None
+
+
+def _sqlite_engine(url: URL) -> Engine:
+    db_file = sqlite_path(url)
+    if db_file is not None:
+        db_file.parent.mkdir(parents=True, exist_ok=True)
+        fstype = network_filesystem_type(db_file.parent)
+        if fstype:
+            warnings.warn(
+                f"the SQLite index {db_file} is on a network filesystem ({fstype}), where "
+                "SQLite's file locking is unreliable and concurrent writers can corrupt it; "
+                "share a cache between machines with PostgreSQL instead: "
+                "CacheStore(path, database_url='postgresql+psycopg://...')",
+                UserWarning,
+                stacklevel=4,
+            )
+    engine = create_engine(
+        url,
+        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+        pool_pre_ping=False,
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event emit BEGIN itself (pysqlite's own is always DEFERRED).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+            if db_file is not None:
+                cursor.execute("PRAGMA journal_mode = WAL")
+                cursor.execute("PRAGMA synchronous = NORMAL")
+            cursor.execute("PRAGMA foreign_keys = ON")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        # A deferred transaction that later upgrades to a write lock can fail with
+        # "database is locked" regardless of busy_timeout; writers take the lock up front.
+        if connection.get_execution_options().get(WRITE_OPTION):
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            connection.exec_driver_sql("BEGIN")
+
+    return engine
+
+
+def create_index_engine(url: str | URL) -> Engine:
+    """Create the engine for an index database URL.
+
+    SQLite gets WAL, a busy timeout, foreign keys and ``BEGIN IMMEDIATE`` for writes;
+    PostgreSQL a small pre-pinged pool.
+    """
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return _sqlite_engine(parsed)
+    if backend == "postgresql" and parsed.drivername == "postgresql":
+        # psycopg 3 is the supported driver; a bare postgresql:// would pick psycopg2.
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if backend == "postgresql":
+        kwargs.update(pool_size=5, max_overflow=10, pool_recycle=1800)
+    return create_engine(parsed, **kwargs)

@@ -1,0 +1,187 @@
+"""Alembic glue: where the migrations live, the schema version guard, first creation.
+
+The schema is only ever created or changed by the Alembic scripts in ``migrations/`` (shipped in
+the wheel as ``xpersist_sql/_migrations``). Opening a store checks the database's revision:
+
+- a brand-new database is brought to head, under a lock (a file lock next to a SQLite file, an
+  advisory lock on PostgreSQL) so that many processes opening it at once all succeed;
+- a database at another revision raises :class:`~xpersist_sql.SchemaVersionError` naming the
+  command that upgrades it: an existing, possibly shared, database is never migrated implicitly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import filelock
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
+from sqlalchemy import Connection, Engine, inspect, text
+
+from .._version import __version__
+from ..errors import SchemaVersionError
+from .engine import WRITE_OPTION, redact_url, sqlite_path
+from .tables import ARTIFACTS
+
+__all__ = [
+    "VERSION_TABLE",
+    "alembic_config",
+    "current_revision",
+    "ensure_schema",
+    "head_revision",
+    "migrations_dir",
+    "run_alembic",
+]
+
+VERSION_TABLE = "xpersist_sql_alembic_version"
+_PG_LOCK_ID = int.from_bytes(hashlib.sha256(b"xpersist_sql schema").digest()[:8], "big", signed=True)
+
+
+def migrations_dir() -> Path:
+    """Return the Alembic script directory: inside the installed package, else the repository's."""
+    package_dir = Path(__file__).resolve().parent.parent
+    for candidate in (package_dir / "_migrations", package_dir.parent / "migrations"):
+        if (candidate / "env.py").is_file():
+            return candidate
+    raise RuntimeError(
+        f"the Alembic migrations of xpersist_sql were not found next to {package_dir}; "
+        "reinstall the package"
+    )
+
+
+def alembic_config(connection: Connection | None = None, url: str | None = None) -> Config:
+    """Return an Alembic :class:`Config` for the packaged migrations.
+
+    ``connection`` (shared through ``config.attributes``) is used when given, else ``url``.
+    """
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    config.set_main_option("version_table", VERSION_TABLE)
+    if url is not None:
+        config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    config.attributes["connection"] = connection
+    return config
+
+
+def head_revision() -> str:
+    """Return the head revision id of the packaged migrations."""
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+def current_revision(connection: Connection) -> str | None:
+    """Return the revision the database is at (None for a database without our schema)."""
+    context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+    return context.get_current_revision()
+
+
+def run_alembic(engine: Engine, action: str, *args: object, **kwargs: object) -> None:
+    """Run an Alembic command (``upgrade``, ``downgrade``, ``current``, ...) on ``engine``.
+
+    Migrations run in one write transaction on a connection shared with Alembic.
+    """
+    with engine.connect() as connection:
+        connection = connection.execution_options(**{WRITE_OPTION: True})
+        config = alembic_config(connection=connection)
+        getattr(command, action)(config, *args, **kwargs)
+        if connection.in_transaction():
+            connection.commit()
+
+
+def _describe(url: str, store: str | None) -> str:
+    return f"the index of store {store!r} ({url})" if store else f"the index {url}"
+
+
+def _upgrade_hint(url: str, store: str | None) -> str:
+    target = f"--store {store}" if store else f"--db '{url}'"
+    return f"xpersist-sql db upgrade {target}"
+
+
+@contextlib.contextmanager
+def _creation_lock(engine: Engine) -> Iterator[None]:
+    db_file = sqlite_path(engine.url)
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:id)"), {"id": _PG_LOCK_ID})
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:id)"), {"id": _PG_LOCK_ID})
+                conn.commit()
+    elif db_file is not None:
+        with filelock.FileLock(str(db_file) + ".lock", timeout=600):
+            yield
+    else:
+        yield
+
+
+def _check(engine: Engine, *, store: str | None) -> str | None:
+    """Return None when the schema is at head, the current revision ('' if empty) otherwise."""
+    head = head_revision()
+    with engine.connect() as conn:
+        current = current_revision(conn)
+        if current == head:
+            return None
+        if current is None:
+            if inspect(conn).has_table(ARTIFACTS.name):
+                url = redact_url(engine.url)
+                raise SchemaVersionError(
+                    f"{_describe(url, store)} has an xpersist_sql table but no "
+                    f"{VERSION_TABLE!r} table; it was not created by xpersist_sql's migrations. "
+                    f"Point the store at another database, or stamp it with Alembic."
+                )
+            return ""
+    return current
+
+
+def ensure_schema(engine: Engine, *, store: str | None = None, readonly: bool = False) -> None:
+    """Check the index schema; create it at head when the database is brand new.
+
+    Raises
+    ------
+    SchemaVersionError
+        If the database is at a revision other than head, or is empty and ``readonly``.
+    """
+    url = redact_url(engine.url)
+    current = _check(engine, store=store)
+    if current == "":
+        if readonly:
+            raise SchemaVersionError(
+                f"{_describe(url, store)} has no xpersist_sql schema yet and the store is "
+                "readonly; open it once without readonly=True (or run "
+                f"`{_upgrade_hint(url, store)}`) to create it"
+            )
+        with _creation_lock(engine):
+            current = _check(engine, store=store)
+            if current == "":
+                run_alembic(engine, "upgrade", "head")
+                current = None
+    if current is None:
+        return
+    head = head_revision()
+    script = ScriptDirectory.from_config(alembic_config())
+    try:
+        script.get_revision(current)
+        known = True
+    except CommandError:
+        known = False
+    if known:
+        raise SchemaVersionError(
+            f"{_describe(url, store)} is at schema revision {current!r}, but xpersist_sql "
+            f"{__version__} needs revision {head!r}. Upgrade it (back it up first if it is "
+            f"shared) with: {_upgrade_hint(url, store)}"
+        )
+    raise SchemaVersionError(
+        f"{_describe(url, store)} is at schema revision {current!r}, which this xpersist_sql "
+        f"({__version__}, head {head!r}) does not know: it was upgraded by a newer version. "
+        "Upgrade the package (pip install -U xpersist_sql), or downgrade the index with the "
+        f"newer version: xpersist-sql db downgrade {head}"
+    )

@@ -1,0 +1,109 @@
+"""SQLAlchemy tables of the index (the schema at the head Alembic revision).
+
+The migrations in ``migrations/versions`` build exactly this schema; a test compares them with
+Alembic's autogenerate.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    TypeDecorator,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+__all__ = ["ARTIFACTS", "METADATA", "TAGS", "JSONType", "UTCDateTime"]
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+METADATA = MetaData(naming_convention=NAMING_CONVENTION)
+
+#: JSON everywhere, JSONB on PostgreSQL (indexable, comparable).
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+#: Primary keys: BIGINT on PostgreSQL, INTEGER (the rowid) on SQLite.
+IdType = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores them as naive UTC)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        aware: datetime = value.astimezone(timezone.utc)
+        return aware
+
+
+ARTIFACTS = Table(
+    "xpersist_artifacts",
+    METADATA,
+    Column("id", IdType, primary_key=True, autoincrement=True),
+    Column("key", String(1024), nullable=False, unique=True),
+    Column("serializer", String(128), nullable=False),
+    Column("load_kwargs", JSONType, nullable=False),
+    Column("dump_kwargs", JSONType, nullable=False),
+    Column("additional_metadata", JSONType, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("size_bytes", BigInteger, nullable=True),
+    Column("checksum", String(128), nullable=True),
+    Column("fingerprint", String(256), nullable=True),
+    Column("expires_at", UTCDateTime(), nullable=True),
+    Column("versions", JSONType, nullable=False),
+    # promoted from additional_metadata (revision 0002) so that queries use indexes
+    Column("flow_name", String(512), nullable=True),
+    Column("task_name", String(512), nullable=True),
+    Column("flow_run_id", String(64), nullable=True),
+    Column("task_run_id", String(64), nullable=True),
+    Index(None, "created_at"),
+    Index(None, "expires_at"),
+    Index(None, "flow_name", "created_at"),
+    Index(None, "task_name", "created_at"),
+    Index(None, "serializer", "created_at"),
+    Index(None, "flow_run_id"),
+    Index(None, "task_run_id"),
+)
+
+TAGS = Table(
+    "xpersist_artifact_tags",
+    METADATA,
+    Column(
+        "artifact_id",
+        IdType,
+        ForeignKey(ARTIFACTS.c.id, ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("tag", String(256), primary_key=True),
+    Index(None, "tag", "artifact_id"),
+)

@@ -1,0 +1,57 @@
+"""Serializers for plain Python objects: ``json``, ``pickle`` and ``joblib``."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from typing import Any
+
+from fsspec import AbstractFileSystem
+
+from .registry import Serializer, register_serializer
+
+
+@register_serializer("json")
+class JSONSerializer(Serializer):
+    """JSON text, written with :func:`json.dump` (``dump_kwargs`` go to it)."""
+
+    def dump(self, value: Any, fs: AbstractFileSystem, path: str, **kwargs: Any) -> None:
+        with fs.open(path, "w", encoding="utf-8") as f:
+            json.dump(value, f, **kwargs)
+
+    def load(self, fs: AbstractFileSystem, path: str, **kwargs: Any) -> Any:
+        with fs.open(path, "r", encoding="utf-8") as f:
+            return json.load(f, **kwargs)
+
+
+@register_serializer("pickle")
+class PickleSerializer(Serializer):
+    """A :mod:`pickle` file (highest protocol unless ``protocol`` is given)."""
+
+    def dump(self, value: Any, fs: AbstractFileSystem, path: str, **kwargs: Any) -> None:
+        kwargs.setdefault("protocol", pickle.HIGHEST_PROTOCOL)
+        with fs.open(path, "wb") as f:
+            pickle.dump(value, f, **kwargs)
+
+    def load(self, fs: AbstractFileSystem, path: str, **kwargs: Any) -> Any:
+        with fs.open(path, "rb") as f:
+            return pickle.load(f, **kwargs)
+
+
+@register_serializer("joblib")
+class JoblibSerializer(Serializer):
+    """A :func:`joblib.dump` file: efficient for objects holding large numpy arrays."""
+
+    requires = ("joblib",)
+
+    def dump(self, value: Any, fs: AbstractFileSystem, path: str, **kwargs: Any) -> None:
+        import joblib
+
+        with fs.open(path, "wb") as f:
+            joblib.dump(value, f, **kwargs)
+
+    def load(self, fs: AbstractFileSystem, path: str, **kwargs: Any) -> Any:
+        import joblib
+
+        with fs.open(path, "rb") as f:
+            return joblib.load(f, **kwargs)

@@ -1,0 +1,220 @@
+"""Payload storage on an fsspec filesystem: key validation, staging, atomic moves, fingerprints.
+
+Layout of a store rooted at ``<path>``::
+
+    <path>/<key>                       the payloads, in their native formats
+    <path>/.xpersist_sql/index.sqlite  the embedded index (local stores without database_url)
+    <path>/.xpersist_sql/staging/      payloads being written (leftovers of crashed writers)
+    <path>/.xpersist_sql/trash/        payloads being replaced or deleted
+    <path>/.xpersist_sql/locks/        file locks
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+from fsspec import AbstractFileSystem
+from fsspec.implementations.local import LocalFileSystem
+
+from .errors import InvalidKeyError
+
+__all__ = ["HIDDEN_DIR", "PayloadStat", "PayloadStorage", "validate_key"]
+
+HIDDEN_DIR = ".xpersist_sql"
+MAX_KEY_LENGTH = 1024
+
+
+def validate_key(key: Any, *, store: str = "") -> str:
+    """Return ``key`` if it names a path inside the store root, else raise InvalidKeyError.
+
+    A key is a relative POSIX path: not empty, not absolute, no ``\\``, no empty, ``.`` or ``..``
+    segment, not inside the hidden index directory, at most 1024 characters.
+    """
+    where = f" in store {store!r}" if store else ""
+    if not isinstance(key, str):
+        raise InvalidKeyError(f"a key must be a str, got {type(key).__name__} {key!r}{where}")
+    problem = None
+    segments = key.split("/")
+    if not key:
+        problem = "it is empty"
+    elif len(key) > MAX_KEY_LENGTH:
+        problem = f"it is longer than {MAX_KEY_LENGTH} characters"
+    elif "\x00" in key or "\\" in key:
+        problem = "it contains a NUL byte or a backslash"
+    elif key.startswith("/") or "://" in key or (len(key) > 1 and key[1] == ":"):
+        problem = "it is absolute; keys are paths relative to the store root"
+    elif any(segment in ("", ".", "..") for segment in segments):
+        problem = "it has an empty, '.' or '..' path segment"
+    elif segments[0] == HIDDEN_DIR:
+        problem = f"{HIDDEN_DIR!r} is the store's hidden index directory"
+    if problem:
+        raise InvalidKeyError(
+            f"invalid key {key!r}{where}: {problem}. Use a relative path such as "
+            "'results/2024/ds.zarr'"
+        )
+    return key
+
+
+@dataclass(frozen=True)
+class PayloadStat:
+    """Size and cheap fingerprint of a payload, from the filesystem's own metadata."""
+
+    size_bytes: int
+    fingerprint: str
+
+
+def _file_marker(info: dict[str, Any]) -> str:
+    for field in ("ETag", "etag", "md5Hash", "mtime", "LastModified", "last_modified", "created"):
+        if info.get(field) is not None:
+            return str(info[field])
+    return ""
+
+
+class PayloadStorage:
+    """Payload files of one store on an fsspec filesystem.
+
+    Parameters
+    ----------
+    path : str
+        Store root: a local path or an fsspec URL (``s3://bucket/prefix``, ``memory://x``).
+    storage_options : dict, optional
+        Passed to the fsspec filesystem.
+    """
+
+    def __init__(self, path: str, storage_options: dict[str, Any] | None = None) -> None:
+        self.fs: AbstractFileSystem
+        self.fs, root = fsspec.core.url_to_fs(path, **(storage_options or {}))
+        self.root: str = root.rstrip("/") or "/"
+        self.is_local = isinstance(self.fs, LocalFileSystem)
+
+    # -- paths -----------------------------------------------------------------------------------
+    def _join(self, *parts: str) -> str:
+        return posixpath.join(self.root, *parts)
+
+    def path(self, key: str) -> str:
+        """Return the filesystem path (no protocol) of the payload of ``key``."""
+        return self._join(key)
+
+    def url(self, key: str | None = None) -> str:
+        """Return a URL of the payload (or of the root) that fsspec/xarray open directly."""
+        path = self.root if key is None else self.path(key)
+        return path if self.is_local else self.fs.unstrip_protocol(path)
+
+    @property
+    def hidden_dir(self) -> str:
+        """Path of the hidden ``.xpersist_sql`` directory."""
+        return self._join(HIDDEN_DIR)
+
+    def internal_dir(self, name: str) -> str:
+        """Path of a sub-directory of the hidden directory (``staging``, ``trash``, ``locks``)."""
+        return self._join(HIDDEN_DIR, name)
+
+    # -- writing ---------------------------------------------------------------------------------
+    def staging_path(self, key: str) -> str:
+        """Return a fresh staging path for a new payload of ``key`` (its parent is created)."""
+        parent = self._join(HIDDEN_DIR, "staging", uuid.uuid4().hex)
+        self.fs.makedirs(parent, exist_ok=True)
+        return posixpath.join(parent, posixpath.basename(key))
+
+    def discard_staging(self, staged: str) -> None:
+        """Remove a staging path and its per-write parent directory."""
+        parent = posixpath.dirname(staged)
+        if self.fs.exists(parent):
+            self.fs.rm(parent, recursive=True)
+
+    def publish(self, staged: str, key: str) -> str | None:
+        """Move a staged payload to ``<root>/<key>``.
+
+        On the local filesystem the move is an atomic rename; a replaced file is swapped in one
+        step, a replaced directory is first renamed into the trash. Returns the trash path of the
+        replaced payload, to be removed with :meth:`purge` once the index row is committed (or put
+        back with :meth:`restore` if it is not), or ``None``.
+        """
+        final = self.path(key)
+        trash: str | None = None
+        if self.is_local:
+            os.makedirs(os.path.dirname(final), exist_ok=True)
+            if os.path.isdir(final):
+                trash = self._trash_path()
+                os.replace(final, trash)
+            os.replace(staged, final)
+        else:
+            if self.fs.exists(final):
+                trash = self._trash_path()
+                self.fs.mv(final, trash, recursive=True)
+            self.fs.mv(staged, final, recursive=True)
+        self.discard_staging(staged)
+        return trash
+
+    def restore(self, trash: str, key: str) -> None:
+        """Put a payload moved to the trash by :meth:`publish` back at ``key``."""
+        final = self.path(key)
+        if self.fs.exists(final):
+            self.fs.rm(final, recursive=True)
+        self.fs.mv(trash, final, recursive=True)
+
+    def _trash_path(self) -> str:
+        trash_dir = self.internal_dir("trash")
+        self.fs.makedirs(trash_dir, exist_ok=True)
+        return posixpath.join(trash_dir, uuid.uuid4().hex)
+
+    def move_to_trash(self, key: str) -> str | None:
+        """Move the payload of ``key`` into the trash; return the trash path, None if absent."""
+        final = self.path(key)
+        if not self.fs.exists(final):
+            return None
+        trash = self._trash_path()
+        self.fs.mv(final, trash, recursive=True)
+        return trash
+
+    def purge(self, path: str | None) -> None:
+        """Remove a path (file or directory) if it exists."""
+        if path and self.fs.exists(path):
+            self.fs.rm(path, recursive=True)
+
+    def remove(self, key: str) -> None:
+        """Remove the payload of ``key`` if present."""
+        self.purge(self.path(key))
+
+    # -- reading ---------------------------------------------------------------------------------
+    def exists(self, key: str) -> bool:
+        """Return whether the payload of ``key`` is present."""
+        return bool(self.fs.exists(self.path(key)))
+
+    def _files(self, path: str) -> dict[str, dict[str, Any]]:
+        """Map relative name -> info for the file at ``path`` or every file below it."""
+        info = self.fs.info(path)
+        if info.get("type") != "directory":
+            return {"": info}
+        found = self.fs.find(path, detail=True)
+        prefix = path.rstrip("/") + "/"
+        return {name[len(prefix) :]: meta for name, meta in sorted(found.items())}
+
+    def stat(self, path: str) -> PayloadStat:
+        """Size and fingerprint of the payload at ``path`` (a file or a directory)."""
+        files = self._files(path)
+        digest = hashlib.sha1(usedforsecurity=False)
+        total = 0
+        for name, meta in files.items():
+            size = int(meta.get("size") or 0)
+            total += size
+            digest.update(f"{name}\0{size}\0{_file_marker(meta)}\n".encode())
+        return PayloadStat(
+            size_bytes=total, fingerprint=f"files={len(files)};size={total};{digest.hexdigest()}"
+        )
+
+    def checksum(self, path: str) -> str:
+        """Return ``sha256:<hex>`` over the relative names and contents of the payload's files."""
+        digest = hashlib.sha256()
+        for name in self._files(path):
+            digest.update(name.encode() + b"\0")
+            with self.fs.open(posixpath.join(path, name) if name else path, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    digest.update(chunk)
+        return f"sha256:{digest.hexdigest()}"
