@@ -19,7 +19,7 @@ test: install  ## run the whole test suite (PostgreSQL tests need XPERSIST_SQL_T
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: install  ## the tutorial as a script: a store in a temporary directory, Prefect flows
-	$(BIN)/python -m xpersist_sql.demo
+	$(BIN)/python examples/demo.py
 
 bench: install  ## benchmarks with ratios against peers
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)

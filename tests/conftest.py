@@ -15,7 +15,8 @@ from xpersist_sql import CacheStore
 
 POSTGRES_ENV = "XPERSIST_SQL_TEST_POSTGRES_URL"
 POSTGRES_HINT = (
-    f"PostgreSQL tests are disabled: set {POSTGRES_ENV}=postgresql+psycopg://postgres@127.0.0.1:5432/test "
+    f"PostgreSQL tests are disabled: set "
+    f"{POSTGRES_ENV}=postgresql+psycopg://postgres@127.0.0.1:5432/test "
     "(any database the user may CREATE DATABASE from) to run them"
 )
 

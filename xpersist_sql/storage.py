@@ -31,7 +31,7 @@ MAX_KEY_LENGTH = 1024
 
 
 def validate_key(key: Any, *, store: str = "") -> str:
-    """Return ``key`` if it names a path inside the store root, else raise InvalidKeyError.
+    r"""Return ``key`` if it names a path inside the store root, else raise InvalidKeyError.
 
     A key is a relative POSIX path: not empty, not absolute, no ``\\``, no empty, ``.`` or ``..``
     segment, not inside the hidden index directory, at most 1024 characters.

@@ -20,8 +20,26 @@ __all__ = [
 
 SQLITE_BUSY_TIMEOUT_MS = 60_000
 NETWORK_FILESYSTEMS = frozenset(
-    {"nfs", "nfs4", "cifs", "smb", "smb2", "smb3", "smbfs", "afs", "fuse.sshfs", "9p", "lustre",
-     "gpfs", "ceph", "glusterfs", "fuse.glusterfs", "fuse.s3fs", "fuse.gcsfuse", "beegfs"}
+    {
+        "nfs",
+        "nfs4",
+        "cifs",
+        "smb",
+        "smb2",
+        "smb3",
+        "smbfs",
+        "afs",
+        "fuse.sshfs",
+        "9p",
+        "lustre",
+        "gpfs",
+        "ceph",
+        "glusterfs",
+        "fuse.glusterfs",
+        "fuse.s3fs",
+        "fuse.gcsfuse",
+        "beegfs",
+    }
 )
 #: Execution option marking a connection whose transactions write (BEGIN IMMEDIATE on SQLite).
 WRITE_OPTION = "xpersist_write"

@@ -57,7 +57,7 @@ def _now() -> datetime:
 
 
 def not_expired(now: datetime | None = None) -> Any:
-    """SQL condition: the artifact has no expiry or it lies in the future."""
+    """Return the SQL condition "no expiry, or an expiry in the future"."""
     return or_(ARTIFACTS.c.expires_at.is_(None), ARTIFACTS.c.expires_at > (now or _now()))
 
 
@@ -83,7 +83,7 @@ class ArtifactIndex:
     # -- transactions ----------------------------------------------------------------------------
     @contextlib.contextmanager
     def write(self) -> Iterator[Connection]:
-        """A write transaction (``BEGIN IMMEDIATE`` on SQLite), committed when the block exits."""
+        """Open a write transaction (``BEGIN IMMEDIATE`` on SQLite), committed on exit."""
         with self.engine.connect() as conn:
             conn = conn.execution_options(**{WRITE_OPTION: True})
             with conn.begin():
@@ -91,7 +91,7 @@ class ArtifactIndex:
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Connection]:
-        """A read-only connection."""
+        """Open a connection for reads."""
         with self.engine.connect() as conn:
             yield conn
 
@@ -150,12 +150,16 @@ class ArtifactIndex:
         values = self._values(artifact)
         stmt: Any
         if dialect == "postgresql":
-            stmt = postgresql.insert(ARTIFACTS).values(values).on_conflict_do_nothing(
-                index_elements=[ARTIFACTS.c.key]
+            stmt = (
+                postgresql.insert(ARTIFACTS)
+                .values(values)
+                .on_conflict_do_nothing(index_elements=[ARTIFACTS.c.key])
             )
         elif dialect == "sqlite":
-            stmt = sqlite.insert(ARTIFACTS).values(values).on_conflict_do_nothing(
-                index_elements=[ARTIFACTS.c.key]
+            stmt = (
+                sqlite.insert(ARTIFACTS)
+                .values(values)
+                .on_conflict_do_nothing(index_elements=[ARTIFACTS.c.key])
             )
         else:  # pragma: no cover - other backends are not supported yet
             stmt = insert(ARTIFACTS).values(values)

@@ -40,7 +40,9 @@ __all__ = [
 ]
 
 VERSION_TABLE = "xpersist_sql_alembic_version"
-_PG_LOCK_ID = int.from_bytes(hashlib.sha256(b"xpersist_sql schema").digest()[:8], "big", signed=True)
+_PG_LOCK_ID = int.from_bytes(
+    hashlib.sha256(b"xpersist_sql schema").digest()[:8], "big", signed=True
+)
 
 
 def migrations_dir() -> Path:

@@ -77,13 +77,18 @@ class Serializer(abc.ABC):
 
     def versions(self) -> dict[str, str]:
         """Return the installed versions of the packages this serializer relies on."""
-        found: dict[str, str] = {}
-        for module in self.requires:
-            try:
-                found[module] = importlib.metadata.version(module)
-            except importlib.metadata.PackageNotFoundError:
-                continue
-        return found
+        return package_versions(self.requires)
+
+
+def package_versions(modules: tuple[str, ...]) -> dict[str, str]:
+    """Return ``{name: version}`` for the installed distributions among ``modules``."""
+    found: dict[str, str] = {}
+    for module in modules:
+        try:
+            found[module] = importlib.metadata.version(module)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return found
 
 
 _REGISTRY: dict[str, Serializer] = {}
@@ -112,7 +117,7 @@ def register_serializer(name: str, *, overwrite: bool = False) -> Callable[[S], 
     ...         with fs.open(path, "w") as f:
     ...             f.write(value.upper())
     ...     def load(self, fs, path, **kwargs):
-    ...         with fs.open(path) as f:
+    ...         with fs.open(path, "r") as f:
     ...             return f.read()
     """
 

@@ -16,7 +16,7 @@ from fsspec import AbstractFileSystem
 
 from ..errors import MissingDependencyError
 from ._local import is_local, local_target
-from .registry import Serializer, register_serializer
+from .registry import Serializer, package_versions, register_serializer
 
 _AS_DATAARRAY = "as_dataarray"
 
@@ -38,7 +38,7 @@ def _is_dataarray(value: Any) -> bool:
 
 @register_serializer("xarray.zarr")
 class XarrayZarrSerializer(Serializer):
-    """A zarr store written by :meth:`xarray.Dataset.to_zarr` and opened by :func:`xarray.open_zarr`.
+    """A zarr store written by ``Dataset.to_zarr`` and opened by :func:`xarray.open_zarr`.
 
     ``dump_kwargs`` go to ``to_zarr`` (e.g. ``{"mode": "w"}``, ``encoding``, ``zarr_format``);
     ``load_kwargs`` to ``open_zarr`` (e.g. ``chunks``).
@@ -73,7 +73,7 @@ _NETCDF_ENGINES = ("netCDF4", "h5netcdf", "scipy")
 
 @register_serializer("xarray.netcdf")
 class XarrayNetCDFSerializer(Serializer):
-    """A netCDF file written by :meth:`xarray.Dataset.to_netcdf`, opened by :func:`xarray.open_dataset`.
+    """A netCDF file written by ``Dataset.to_netcdf``, opened by :func:`xarray.open_dataset`.
 
     Needs one netCDF engine (netCDF4, h5netcdf or scipy); the ``netcdf`` extra installs h5netcdf.
     Remote payloads are read through a file object with h5netcdf.
@@ -92,20 +92,8 @@ class XarrayNetCDFSerializer(Serializer):
             )
 
     def versions(self) -> dict[str, str]:
-        found = super().versions()
-        for engine in _NETCDF_ENGINES:
-            if importlib.util.find_spec(engine):
-                found.update(type(self)._version_of(engine))
-        return found
-
-    @staticmethod
-    def _version_of(module: str) -> dict[str, str]:
-        import importlib.metadata
-
-        try:
-            return {module: importlib.metadata.version(module)}
-        except importlib.metadata.PackageNotFoundError:
-            return {}
+        engines = tuple(e for e in _NETCDF_ENGINES if importlib.util.find_spec(e))
+        return package_versions(self.requires + engines)
 
     def dump(
         self, value: Any, fs: AbstractFileSystem, path: str, **kwargs: Any

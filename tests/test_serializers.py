@@ -1,0 +1,238 @@
+"""Every serializer round-trips on the local filesystem and on fsspec's memory filesystem."""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+from tests.helpers import make_dataset, make_frame
+from xpersist_sql import (
+    CacheStore,
+    MissingDependencyError,
+    Serializer,
+    SerializerNotFoundError,
+    available_serializers,
+    register_serializer,
+)
+from xpersist_sql.serializers import get_serializer, pick_serializer, registry
+
+BUILT_INS = [
+    "json",
+    "joblib",
+    "numpy.npy",
+    "pandas.csv",
+    "pandas.parquet",
+    "pickle",
+    "xarray.netcdf",
+    "xarray.zarr",
+]
+
+
+def _assert_same(name: str, expected: Any, actual: Any) -> None:
+    if name.startswith("xarray"):
+        xr.testing.assert_identical(actual.load(), expected)
+    elif name.startswith("pandas"):
+        pd.testing.assert_frame_equal(actual, expected, check_index_type="equiv")
+    elif name == "numpy.npy":
+        np.testing.assert_array_equal(actual, expected)
+        assert actual.dtype == expected.dtype
+    else:
+        assert actual == expected
+
+
+SAMPLES: dict[str, Any] = {
+    "json": {"a": [1, 2.5, "x"], "b": None},
+    "joblib": {"array": np.arange(5).tolist(), "tuple": (1, 2)},
+    "pickle": {"set": {1, 2}, "bytes": b"\x00\x01"},
+    "numpy.npy": np.arange(12, dtype="float32").reshape(3, 4),
+    "pandas.csv": make_frame(),
+    "pandas.parquet": make_frame(),
+    "xarray.netcdf": make_dataset(),
+    "xarray.zarr": make_dataset(),
+}
+
+
+@pytest.fixture(params=["local", "memory"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CacheStore]:
+    if request.param == "local":
+        store = CacheStore(tmp_path / "store")
+    else:
+        root = f"memory://xpersist-tests-{uuid.uuid4().hex}"
+        store = CacheStore(root, database_url=f"sqlite:///{tmp_path / 'index.sqlite'}")
+    yield store
+    store.close()
+
+
+def test_built_ins_are_registered() -> None:
+    assert set(BUILT_INS) <= set(available_serializers())
+
+
+@pytest.mark.parametrize("name", BUILT_INS)
+def test_round_trip(any_store: CacheStore, name: str) -> None:
+    value = SAMPLES[name]
+    key = f"dir/sample-{name}"
+    artifact = any_store.put(key, value, serializer=name)
+    assert artifact.serializer == name
+    assert artifact.size_bytes and artifact.size_bytes > 0
+    _assert_same(name, value, any_store.get(key))
+    # the payload is at <path>/<key> on the store's filesystem
+    assert any_store._storage.fs.exists(f"{any_store._storage.root}/{key}")
+
+
+@pytest.mark.parametrize("name", ["xarray.zarr", "xarray.netcdf"])
+def test_dataarray_comes_back_as_a_dataarray(any_store: CacheStore, name: str) -> None:
+    da = make_dataset()["tas"]
+    any_store.put("da", da, serializer=name)
+    loaded = any_store.get("da")
+    assert isinstance(loaded, xr.DataArray)
+    xr.testing.assert_identical(loaded.load(), da)
+
+
+def test_xarray_payloads_open_without_the_library(tmp_path: Path) -> None:
+    store = CacheStore(tmp_path / "s")
+    ds = make_dataset()
+    store.put("a.zarr", ds)
+    store.put("b.nc", ds, serializer="xarray.netcdf")
+    xr.testing.assert_identical(xr.open_zarr(tmp_path / "s" / "a.zarr").load(), ds)
+    with xr.open_dataset(tmp_path / "s" / "b.nc") as opened:
+        xr.testing.assert_identical(opened.load(), ds)
+
+
+def test_parquet_and_csv_payloads_open_with_pandas(tmp_path: Path) -> None:
+    store = CacheStore(tmp_path / "s")
+    df = make_frame()
+    store.put("a.parquet", df)
+    store.put("b.csv", df, serializer="pandas.csv")
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "s" / "a.parquet"), df)
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "s" / "b.csv", index_col=0), df)
+
+
+def test_load_kwargs_are_recorded_and_overridable(tmp_path: Path) -> None:
+    store = CacheStore(tmp_path / "s")
+    store.put("a.npy", np.arange(4), load_kwargs={"mmap_mode": "r"})
+    assert store.get_artifact("a.npy").load_kwargs == {"mmap_mode": "r"}
+    assert isinstance(store.get("a.npy"), np.memmap)
+    assert not isinstance(store.get("a.npy", load_kwargs={"mmap_mode": None}), np.memmap)
+
+
+def test_get_with_another_serializer(tmp_path: Path) -> None:
+    store = CacheStore(tmp_path / "s")
+    store.put("a.json", {"x": 1}, serializer="json")
+    with pytest.raises(Exception, match="could not load"):
+        store.get("a.json", serializer="pickle")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (make_dataset(), "xarray.zarr"),
+        (make_dataset()["tas"], "xarray.zarr"),
+        (make_frame(), "pandas.parquet"),
+        (np.arange(3), "numpy.npy"),
+        (np.array([object(), 1], dtype=object), "joblib"),
+        ({"a": 1}, "joblib"),
+        ([1, 2, 3], "joblib"),
+    ],
+)
+def test_auto(value: Any, expected: str, tmp_path: Path) -> None:
+    assert pick_serializer(value) == expected
+    store = CacheStore(tmp_path / "s")
+    assert store.put("v", value).serializer == expected
+
+
+def test_register_with_the_decorator(tmp_path: Path) -> None:
+    name = f"test.upper-{uuid.uuid4().hex[:6]}"
+
+    @register_serializer(name)
+    class Upper(Serializer):
+        def dump(self, value: Any, fs: Any, path: str, **kwargs: Any) -> None:
+            with fs.open(path, "w") as f:
+                f.write(value.upper())
+
+        def load(self, fs: Any, path: str, **kwargs: Any) -> Any:
+            with fs.open(path, "r") as f:
+                return f.read()
+
+    assert name in available_serializers()
+    store = CacheStore(tmp_path / "s")
+    store.put("word.txt", "hello", serializer=name)
+    assert store.get("word.txt") == "HELLO"
+    with pytest.raises(ValueError, match="already registered"):
+        register_serializer(name)(Upper)
+    with pytest.raises(TypeError, match="Serializer subclass"):
+        register_serializer("test.bad")(object)  # type: ignore[type-var]
+
+
+ENTRY_POINT_MODULE = """
+from xpersist_sql.serializers import Serializer
+
+class Reversed(Serializer):
+    def dump(self, value, fs, path, **kwargs):
+        with fs.open(path, "w") as f:
+            f.write(value[::-1])
+
+    def load(self, fs, path, **kwargs):
+        with fs.open(path, "r") as f:
+            return f.read()[::-1]
+"""
+
+
+def test_register_through_an_entry_point(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a real installed distribution on sys.path, declaring the entry point
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "reversed_plugin.py").write_text(ENTRY_POINT_MODULE)
+    dist = site / "reversed_plugin-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: reversed-plugin\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[xpersist_sql.serializers]\ntext.reversed = reversed_plugin:Reversed\n"
+    )
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setattr(registry, "_entry_points_loaded", False)
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+
+    assert "text.reversed" in available_serializers()
+    store = CacheStore(tmp_path / "s")
+    store.put("r.txt", "abc", serializer="text.reversed")
+    assert (tmp_path / "s" / "r.txt").read_text() == "cba"
+    assert store.get("r.txt") == "abc"
+    assert get_serializer("text.reversed").name == "text.reversed"
+
+
+def test_unknown_serializer_name() -> None:
+    with pytest.raises(SerializerNotFoundError, match=r"known serializers: .*json"):
+        get_serializer("does.not.exist")
+
+
+def test_missing_optional_dependency_names_the_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # make `import pyarrow` fail as it does where the extra is not installed
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    store = CacheStore(tmp_path / "s")
+    with pytest.raises(MissingDependencyError, match=r"xpersist_sql\[parquet\]") as info:
+        store.put("a.parquet", make_frame())
+    assert isinstance(info.value, ImportError)
+    assert store.keys() == []
+
+
+def test_missing_netcdf_engine_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name in ("netCDF4", "h5netcdf", "scipy") else real(name, *a),
+    )
+    with pytest.raises(MissingDependencyError, match=r"xpersist_sql\[netcdf\]"):
+        get_serializer("xarray.netcdf").check_requirements()
