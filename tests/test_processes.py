@@ -154,3 +154,22 @@ def test_writer_killed_mid_put_leaves_no_row(store: CacheStore, tmp_path: Path) 
     # and the store is fully usable afterwards
     store.put("victim.bin", b"ok", serializer="pickle")
     assert store.get("victim.bin") == b"ok"
+
+
+def test_one_store_shared_by_threads(store: CacheStore) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    store.put("shared.json", {"shared": True}, serializer="json")
+
+    def work(worker: int) -> list[int]:
+        seen = []
+        for i in range(15):
+            store.put(f"t{worker}/{i}.json", {"w": worker, "i": i}, serializer="json")
+            seen.append(store.get(f"t{worker}/{i}.json")["i"])
+            assert store.get("shared.json") == {"shared": True}
+        return seen
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(work, range(8)))
+    assert results == [list(range(15))] * 8
+    assert len(store) == 8 * 15 + 1

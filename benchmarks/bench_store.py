@@ -1,0 +1,323 @@
+"""Put/get through ``CacheStore`` (embedded SQLite index) against peers, in the same run.
+
+Operations: a small JSON value, and an xarray dataset written as zarr (about 100 MB, 10 MB with
+``--quick``). Peers, each doing the same work on the same local disk:
+
+- plain: ``json.dump``/``json.load`` to a file; ``ds.to_zarr``/``xr.open_zarr(...)`` - no index,
+  no metadata at all, the floor;
+- 2021-style: the payload at ``<root>/<key>`` plus a JSON sidecar written from a pydantic model
+  (``<root>/xpersist_metadata_store/<key>.artifact.json``), with an existence check before the
+  put and the sidecar parsed before the get, as the 2021 xpersist did;
+- diskcache (when installed): ``Cache.set``/``Cache.get`` (values pickled; no lazy reads, so it
+  only appears in the eager dataset read).
+
+Every put writes a new key (the payload is removed after the timing); every get reads the same
+key again, so both peers and xpersist_sql read from a warm page cache.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pydantic
+import xarray as xr
+from run import add_ratios, row, timings
+
+from xpersist_sql import CacheStore
+
+OURS = "xpersist_sql CacheStore, SQLite index"
+PLAIN_JSON = "plain json.dump / json.load"
+PLAIN_ZARR = "plain to_zarr / open_zarr"
+LEGACY = "2021-style: payload + pydantic JSON sidecar"
+DISKCACHE = "diskcache Cache.set/get (pickle)"
+
+SMALL_VALUE = {"threshold": 0.5, "members": list(range(20)), "name": "ctrl", "ok": True}
+
+warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+
+
+def make_dataset(megabytes: float) -> xr.Dataset:
+    """An air-temperature-like dataset of about ``megabytes`` MB (float64, 180 x 360 grid)."""
+    nlat, nlon = 180, 360
+    ntime = max(1, round(megabytes * 1e6 / (nlat * nlon * 8)))
+    rng = np.random.default_rng(0)
+    lat = np.linspace(-89.5, 89.5, nlat)
+    lon = np.linspace(0.5, 359.5, nlon)
+    climate = 288.0 - 30.0 * np.abs(np.sin(np.deg2rad(lat)))[:, None] + np.zeros(nlon)
+    air = climate[None] + rng.standard_normal((ntime, nlat, nlon))
+    return xr.Dataset(
+        {"air": (("time", "lat", "lon"), air, {"units": "K"})},
+        coords={
+            "time": pd.date_range("2020-01-01", periods=ntime, freq="D"),
+            "lat": lat,
+            "lon": lon,
+        },
+        attrs={"title": "synthetic air temperature"},
+    )
+
+
+# -- the 2021-style store, reimplemented in a few lines --------------------------------------------
+class LegacyArtifact(pydantic.BaseModel):
+    """The 2021 artifact: a pydantic model dumped to a JSON sidecar next to the payloads."""
+
+    key: str
+    serializer: str
+    load_kwargs: dict[str, Any] = pydantic.Field(default_factory=dict)
+    dump_kwargs: dict[str, Any] = pydantic.Field(default_factory=dict)
+    additional_metadata: dict[str, Any] = pydantic.Field(default_factory=dict)
+    created_at: datetime = pydantic.Field(default_factory=lambda: datetime.now(timezone.utc))
+
+
+class LegacyStore:
+    """Payload at ``<root>/<key>``, metadata in ``xpersist_metadata_store/<key>.artifact.json``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.meta = root / "xpersist_metadata_store"
+        self.meta.mkdir(parents=True, exist_ok=True)
+
+    def _sidecar(self, key: str) -> Path:
+        return self.meta / f"{key}.artifact.json"
+
+    def put(self, key: str, value: Any, serializer: str, dump_kwargs: dict[str, Any]) -> None:
+        if self._sidecar(key).exists():  # on_duplicate_key="skip": check, then write
+            return
+        artifact = LegacyArtifact(key=key, serializer=serializer, dump_kwargs=dump_kwargs)
+        path = self.root / key
+        if serializer == "json":
+            with open(path, "w", encoding="utf-8") as f:
+                json.dump(value, f, **dump_kwargs)
+        else:
+            value.to_zarr(path, **dump_kwargs)
+        self._sidecar(key).write_text(artifact.model_dump_json(indent=2), encoding="utf-8")
+
+    def get(self, key: str) -> Any:
+        sidecar = self._sidecar(key)
+        if not sidecar.exists():
+            raise KeyError(key)
+        artifact = LegacyArtifact.model_validate_json(sidecar.read_bytes())
+        path = self.root / artifact.key
+        if artifact.serializer == "json":
+            with open(path, encoding="utf-8") as f:
+                return json.load(f, **artifact.load_kwargs)
+        return xr.open_zarr(path, **artifact.load_kwargs)
+
+    def delete(self, key: str) -> None:
+        self._sidecar(key).unlink()
+        payload = self.root / key
+        if payload.is_dir():
+            shutil.rmtree(payload)
+        else:
+            payload.unlink()
+
+
+def _diskcache(root: Path) -> Any | None:
+    try:
+        import diskcache
+    except ImportError:
+        return None
+    return diskcache.Cache(str(root))
+
+
+def _store(path: Path) -> CacheStore:
+    """A store with its embedded SQLite index, whatever $XPERSIST_SQL_DATABASE_URL says."""
+    index = path / ".xpersist_sql" / "index.sqlite"
+    return CacheStore(path, database_url=f"sqlite:///{index}")
+
+
+def _rm(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+# -- benchmarks ----------------------------------------------------------------------------------
+def bench_json(root: Path, repeats: int) -> list[dict[str, Any]]:
+    store = _store(root / "store")
+    legacy = LegacyStore(root / "legacy")
+    plain = root / "plain"
+    plain.mkdir()
+    cache = _diskcache(root / "diskcache")
+    put, get = "put small JSON", "get small JSON"
+    rows = []
+
+    rows.append(
+        row(
+            put,
+            OURS,
+            timings(
+                lambda i: store.put(f"json/{i}.json", SMALL_VALUE, serializer="json"),
+                repeats,
+                teardown=lambda i: store.delete(f"json/{i}.json"),
+            ),
+        )
+    )
+
+    def plain_put(i: int) -> None:
+        with open(plain / f"{i}.json", "w", encoding="utf-8") as f:
+            json.dump(SMALL_VALUE, f)
+
+    rows.append(
+        row(
+            put,
+            PLAIN_JSON,
+            timings(plain_put, repeats, teardown=lambda i: _rm(plain / f"{i}.json")),
+        )
+    )
+    rows.append(
+        row(
+            put,
+            LEGACY,
+            timings(
+                lambda i: legacy.put(f"{i}.json", SMALL_VALUE, "json", {}),
+                repeats,
+                teardown=lambda i: legacy.delete(f"{i}.json"),
+            ),
+        )
+    )
+    if cache is not None:
+        rows.append(
+            row(
+                put,
+                DISKCACHE,
+                timings(
+                    lambda i: cache.set(f"{i}.json", SMALL_VALUE),
+                    repeats,
+                    teardown=lambda i: cache.delete(f"{i}.json"),
+                ),
+            )
+        )
+
+    store.put("value.json", SMALL_VALUE, serializer="json")
+    plain_put(-100)
+    legacy.put("value.json", SMALL_VALUE, "json", {})
+
+    def plain_get(i: int) -> Any:
+        with open(plain / "-100.json", encoding="utf-8") as f:
+            return json.load(f)
+
+    rows.append(row(get, OURS, timings(lambda i: store.get("value.json"), repeats)))
+    rows.append(row(get, PLAIN_JSON, timings(plain_get, repeats)))
+    rows.append(row(get, LEGACY, timings(lambda i: legacy.get("value.json"), repeats)))
+    if cache is not None:
+        cache.set("value.json", SMALL_VALUE)
+        rows.append(row(get, DISKCACHE, timings(lambda i: cache.get("value.json"), repeats)))
+        cache.close()
+    assert store.get("value.json") == SMALL_VALUE
+    store.close()
+    return rows
+
+
+def bench_dataset(root: Path, ds: xr.Dataset, repeats: int) -> list[dict[str, Any]]:
+    store = _store(root / "store")
+    legacy = LegacyStore(root / "legacy")
+    plain = root / "plain"
+    plain.mkdir()
+    cache = _diskcache(root / "diskcache")
+    size = f"{ds.nbytes / 1e6:.0f} MB"
+    put = f"put dataset {size} (zarr)"
+    open_lazy = f"get dataset {size}: open (lazy)"
+    load = f"get dataset {size}: open + .load()"
+    dump_kwargs = {"mode": "w"}
+    rows = []
+
+    rows.append(
+        row(
+            put,
+            OURS,
+            timings(
+                lambda i: store.put(
+                    f"ds/{i}.zarr", ds, serializer="xarray.zarr", dump_kwargs=dump_kwargs
+                ),
+                repeats,
+                teardown=lambda i: store.delete(f"ds/{i}.zarr"),
+            ),
+        )
+    )
+    rows.append(
+        row(
+            put,
+            PLAIN_ZARR,
+            timings(
+                lambda i: ds.to_zarr(plain / f"{i}.zarr", **dump_kwargs),
+                repeats,
+                teardown=lambda i: _rm(plain / f"{i}.zarr"),
+            ),
+        )
+    )
+    rows.append(
+        row(
+            put,
+            LEGACY,
+            timings(
+                lambda i: legacy.put(f"{i}.zarr", ds, "xarray.zarr", dump_kwargs),
+                repeats,
+                teardown=lambda i: legacy.delete(f"{i}.zarr"),
+            ),
+        )
+    )
+    if cache is not None:
+        rows.append(
+            row(
+                put,
+                DISKCACHE,
+                timings(
+                    lambda i: cache.set(f"{i}.ds", ds),
+                    repeats,
+                    teardown=lambda i: cache.delete(f"{i}.ds"),
+                ),
+            )
+        )
+
+    store.put("bar.zarr", ds, serializer="xarray.zarr", dump_kwargs=dump_kwargs)
+    ds.to_zarr(plain / "bar.zarr", **dump_kwargs)
+    legacy.put("bar.zarr", ds, "xarray.zarr", dump_kwargs)
+
+    rows.append(row(open_lazy, OURS, timings(lambda i: store.get("bar.zarr"), repeats)))
+    rows.append(
+        row(open_lazy, PLAIN_ZARR, timings(lambda i: xr.open_zarr(plain / "bar.zarr"), repeats))
+    )
+    rows.append(row(open_lazy, LEGACY, timings(lambda i: legacy.get("bar.zarr"), repeats)))
+
+    rows.append(row(load, OURS, timings(lambda i: store.get("bar.zarr").load(), repeats)))
+    rows.append(
+        row(load, PLAIN_ZARR, timings(lambda i: xr.open_zarr(plain / "bar.zarr").load(), repeats))
+    )
+    rows.append(row(load, LEGACY, timings(lambda i: legacy.get("bar.zarr").load(), repeats)))
+    if cache is not None:
+        cache.set("bar.ds", ds)
+        rows.append(row(load, DISKCACHE, timings(lambda i: cache.get("bar.ds"), repeats)))
+        cache.close()
+
+    xr.testing.assert_identical(store.get("bar.zarr").load(), ds)
+    store.close()
+    return rows
+
+
+def run(quick: bool) -> list[dict[str, Any]]:
+    """Run the store benchmarks; ``quick`` uses a 10 MB dataset and fewer repeats."""
+    json_repeats, ds_repeats, megabytes = (20, 3, 10.0) if quick else (100, 5, 100.0)
+    ds = make_dataset(megabytes)
+    base = Path(tempfile.mkdtemp(prefix="xpersist-sql-bench-"))
+    try:
+        (base / "json").mkdir()
+        (base / "dataset").mkdir()
+        rows = bench_json(base / "json", json_repeats)
+        rows += bench_dataset(base / "dataset", ds, ds_repeats)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    return add_ratios(rows, OURS)
+
+
+if __name__ == "__main__":
+    for result in run(quick=True):
+        print(result)
