@@ -1,0 +1,418 @@
+"""The xpersist-sql command line, through typer's runner and as real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from typer.testing import CliRunner
+
+from xpersist_sql import CacheStore
+from xpersist_sql.cli import app
+from xpersist_sql.db.engine import create_index_engine
+from xpersist_sql.db.schema import current_revision, head_revision, run_alembic
+from xpersist_sql.db.tables import ARTIFACTS, TAGS
+
+T0 = datetime(2021, 12, 14, 8, 0, tzinfo=timezone.utc)
+ENV_VARS = ("XPERSIST_SQL_STORE", "XPERSIST_SQL_DATABASE_URL")
+
+
+@pytest.fixture
+def runner(monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    for name in ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    return CliRunner()
+
+
+@pytest.fixture
+def store(make_store: Any) -> CacheStore:
+    """Four artifacts of two flows, a day apart (oldest first), on the parametrised backend."""
+    store: CacheStore = make_store()
+    rows = [
+        ("runs/a1.json", "flow-a", "get_data", ["nightly"], 1),
+        ("runs/a2.json", "flow-a", "clean", ["nightly", "big"], 22),
+        ("runs/b1.json", "flow-b", "get_data", [], 333),
+        ("other.pkl", None, None, [], 4),
+    ]
+    for day, (key, flow, task, tags, value) in enumerate(rows):
+        metadata: dict[str, Any] = {"task_tags": tags, "experiment": "ctrl" if day % 2 else 7}
+        if flow:
+            metadata.update(flow_name=flow, task_name=task)
+        store.put(
+            key,
+            "x" * value,
+            serializer="pickle" if key.endswith("pkl") else "json",
+            additional_metadata=metadata,
+        )
+        with store.engine.begin() as conn:
+            artifact_id = conn.scalar(sa.select(ARTIFACTS.c.id).where(ARTIFACTS.c.key == key))
+            when = T0 + timedelta(days=day)
+            conn.execute(
+                sa.update(ARTIFACTS).where(ARTIFACTS.c.id == artifact_id).values(created_at=when)
+            )
+            conn.execute(
+                sa.update(TAGS).where(TAGS.c.artifact_id == artifact_id).values(created_at=when)
+            )
+    return store
+
+
+def where(store: CacheStore) -> list[str]:
+    """The --store/--db options that select ``store``."""
+    options = ["--store", store.path]
+    if not store.database_url.startswith("sqlite"):
+        options += ["--db", store.database_url]
+    return options
+
+
+def invoke(runner: CliRunner, *args: str, input: str | None = None) -> Any:
+    result = runner.invoke(app, list(args), input=input, catch_exceptions=False)
+    return result
+
+
+def assert_user_error(result: Any, *fragments: str) -> None:
+    assert result.exit_code == 1, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def listed(result: Any) -> list[str]:
+    assert result.exit_code == 0, result.stderr
+    return [artifact["key"] for artifact in json.loads(result.stdout)]
+
+
+# -- ls / query ------------------------------------------------------------------------------
+def test_ls_table(runner: CliRunner, store: CacheStore) -> None:
+    result = invoke(runner, "ls", *where(store))
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[:4] == ["KEY", "FLOW", "TASK", "SERIALIZER"]
+    assert [line.split()[0] for line in lines[1:]] == [
+        "other.pkl",
+        "runs/b1.json",
+        "runs/a2.json",
+        "runs/a1.json",
+    ]
+    assert "flow-a" in lines[3] and "clean" in lines[3] and "nightly, big" in lines[3]
+    assert "2021-12-15 08:00:00" in lines[3]
+    assert result.stderr.strip() == "4 artifacts"
+
+
+def test_ls_filters(runner: CliRunner, store: CacheStore) -> None:
+    opts = where(store)
+    assert listed(invoke(runner, "ls", "--json", "--flow", "flow-a", *opts)) == [
+        "runs/a2.json",
+        "runs/a1.json",
+    ]
+    assert listed(invoke(runner, "query", "--json", "--task-name", "get_data", *opts)) == [
+        "runs/b1.json",
+        "runs/a1.json",
+    ]
+    assert listed(invoke(runner, "ls", "--json", "--tag", "nightly", "--tag", "big", *opts)) == [
+        "runs/a2.json"
+    ]
+    assert listed(invoke(runner, "ls", "--json", "--key", "runs/?1.json", *opts)) == [
+        "runs/b1.json",
+        "runs/a1.json",
+    ]
+    assert listed(invoke(runner, "ls", "--json", "--serializer", "pickle", *opts)) == ["other.pkl"]
+    assert listed(invoke(runner, "ls", "--json", "--meta", "experiment=ctrl", *opts)) == [
+        "other.pkl",
+        "runs/a2.json",
+    ]
+    assert listed(invoke(runner, "ls", "--json", "--meta", "experiment=7", *opts)) == [
+        "runs/b1.json",
+        "runs/a1.json",
+    ]
+    assert listed(invoke(runner, "ls", "--json", "--meta", 'experiment="7"', *opts)) == []
+    since = invoke(runner, "ls", "--json", "--since", "2021-12-15", "--until", "2021-12-17", *opts)
+    assert listed(since) == ["runs/b1.json", "runs/a2.json"]
+    assert listed(invoke(runner, "ls", "--json", "--since", "1d", *opts)) == []
+    assert listed(invoke(runner, "ls", "--json", "-n", "1", "--oldest", *opts)) == ["runs/a1.json"]
+
+
+def test_ls_json_is_the_query_result(runner: CliRunner, store: CacheStore) -> None:
+    result = invoke(runner, "ls", "--json", "--flow", "flow-a", *where(store))
+    expected = [a.model_dump(mode="json") for a in store.query(flow_name="flow-a")]
+    assert json.loads(result.stdout) == expected
+
+
+def test_ls_empty(runner: CliRunner, store: CacheStore) -> None:
+    result = invoke(runner, "ls", "--flow", "nothing", *where(store))
+    assert result.exit_code == 0
+    assert result.stdout == ""
+    assert result.stderr.strip() == "0 artifacts"
+
+
+def test_store_from_the_environment(runner: CliRunner, store: CacheStore) -> None:
+    env = {"XPERSIST_SQL_STORE": store.path}
+    if not store.database_url.startswith("sqlite"):
+        env["XPERSIST_SQL_DATABASE_URL"] = store.database_url
+    result = runner.invoke(app, ["ls", "--json", "--tag", "big"], env=env)
+    assert listed(result) == ["runs/a2.json"]
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["ls", "--since", "last tuesday"], ["since='last tuesday' is not a date or time"]),
+        (["ls", "--until", "2021-02-30"], ["until='2021-02-30'"]),
+        (["ls", "--limit", "-1"], ["limit must be >= 0"]),
+        (["ls", "--meta", "novalue"], ["--meta 'novalue' is not NAME=VALUE"]),
+        (["ls", "--since", "2021-12-17", "--until", "2021-12-16"], ["is after until"]),
+        (["show", "missing.json"], ["key 'missing.json' not found"]),
+        (["rm"], ["rm needs KEYS or at least one filter"]),
+        (["rm", "a.json", "--flow", "f"], ["either KEYS or filters"]),
+        (["rm", "../escape"], ["invalid key '../escape'"]),
+        (["ls", "--db", "not a url"], ["database:", "URL"]),
+        (["db", "downgrade", "zzz"], ["Can't locate revision identified by 'zzz'"]),
+        (["db", "upgrade", "nope"], ["Can't locate revision identified by 'nope'"]),
+    ],
+)
+def test_user_errors_are_one_line(
+    runner: CliRunner, tmp_path: Path, args: list[str], fragments: list[str]
+) -> None:
+    store = CacheStore(tmp_path / "s")
+    store.put("a.json", 1, serializer="json")
+    store.close()
+    result = invoke(runner, *args, "--store", str(tmp_path / "s"))
+    assert_user_error(result, *fragments)
+
+
+def test_remote_store_without_db_is_a_user_error(runner: CliRunner) -> None:
+    assert_user_error(invoke(runner, "ls", "--store", "s3://bucket/cache"), "database_url")
+
+
+# -- show ------------------------------------------------------------------------------------
+def test_show(runner: CliRunner, store: CacheStore) -> None:
+    result = invoke(runner, "show", "runs/a2.json", *where(store))
+    assert result.exit_code == 0, result.stderr
+    fields = dict(line.split(None, 1) for line in result.stdout.splitlines() if " " in line)
+    assert fields["key"].strip() == "runs/a2.json"
+    assert fields["serializer"].strip() == "json"
+    assert '"flow_name": "flow-a"' in result.stdout
+    assert fields["payload"].strip() == store.payload_url("runs/a2.json")
+
+    data = json.loads(invoke(runner, "show", "runs/a2.json", "--json", *where(store)).stdout)
+    artifact = store.get_artifact("runs/a2.json")
+    assert data == {**artifact.model_dump(mode="json"), "payload": store.payload_url(artifact.key)}
+
+
+# -- rm --------------------------------------------------------------------------------------
+def test_rm_keys(runner: CliRunner, store: CacheStore) -> None:
+    result = invoke(runner, "rm", "runs/a1.json", "runs/b1.json", "--dry-run", *where(store))
+    assert result.exit_code == 0
+    assert result.stdout.splitlines() == ["would delete runs/a1.json", "would delete runs/b1.json"]
+    assert len(store) == 4
+
+    result = invoke(runner, "rm", "runs/a1.json", "runs/b1.json", *where(store))
+    assert result.exit_code == 0
+    assert result.stdout.splitlines() == ["deleted runs/a1.json", "deleted runs/b1.json"]
+    assert sorted(store.keys()) == ["other.pkl", "runs/a2.json"]
+    assert not os.path.exists(store.payload_url("runs/a1.json"))
+
+
+def test_rm_missing_key_fails_but_deletes_the_others(runner: CliRunner, store: CacheStore) -> None:
+    result = invoke(runner, "rm", "nope.json", "other.pkl", *where(store))
+    assert result.exit_code == 1
+    assert "key 'nope.json' not found" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "other.pkl" not in store
+
+
+def test_rm_by_filter_asks_first(runner: CliRunner, store: CacheStore) -> None:
+    result = invoke(runner, "rm", "--flow", "flow-a", *where(store), input="n\n")
+    assert result.exit_code == 1
+    assert "Delete these 2 artifacts" in result.stderr
+    assert "runs/a1.json" in result.stdout and "runs/a2.json" in result.stdout
+    assert len(store) == 4
+
+    result = invoke(runner, "rm", "--flow", "flow-a", *where(store), input="y\n")
+    assert result.exit_code == 0, result.stderr
+    assert sorted(store.keys()) == ["other.pkl", "runs/b1.json"]
+
+    result = invoke(runner, "rm", "--key", "*.pkl", "--yes", *where(store))
+    assert result.exit_code == 0
+    assert "deleted other.pkl" in result.stdout
+    assert store.keys() == ["runs/b1.json"]
+
+
+def test_rm_by_filter_dry_run_and_no_match(runner: CliRunner, store: CacheStore) -> None:
+    result = invoke(runner, "rm", "--tag", "nightly", "--dry-run", *where(store))
+    assert result.exit_code == 0
+    assert result.stdout.splitlines() == ["would delete runs/a2.json", "would delete runs/a1.json"]
+    assert len(store) == 4
+    result = invoke(runner, "rm", "--tag", "none-such", "--yes", *where(store))
+    assert result.exit_code == 0
+    assert "no artifact matches" in result.stderr
+
+
+# -- stats -----------------------------------------------------------------------------------
+def test_stats(runner: CliRunner, store: CacheStore) -> None:
+    data = json.loads(invoke(runner, "stats", "--json", *where(store)).stdout)
+    sizes = {a.key: a.size_bytes or 0 for a in store.query()}
+    assert data["total"] == {"count": 4, "size_bytes": sum(sizes.values())}
+    flows = {row["value"]: (row["count"], row["size_bytes"]) for row in data["flow_name"]}
+    assert flows == {
+        "flow-a": (2, sizes["runs/a1.json"] + sizes["runs/a2.json"]),
+        "flow-b": (1, sizes["runs/b1.json"]),
+        None: (1, sizes["other.pkl"]),
+    }
+    assert {row["value"]: row["count"] for row in data["task_name"]} == {
+        "get_data": 2,
+        "clean": 1,
+        None: 1,
+    }
+    assert {row["value"]: row["count"] for row in data["serializer"]} == {"json": 3, "pickle": 1}
+    filtered = json.loads(
+        invoke(runner, "stats", "--json", "--tag", "nightly", *where(store)).stdout
+    )
+    assert filtered["total"]["count"] == 2
+
+    table = invoke(runner, "stats", *where(store))
+    assert table.exit_code == 0
+    assert table.stdout.startswith("4 artifacts")
+    assert "by flow_name" in table.stdout and "flow-a" in table.stdout and "(none)" in table.stdout
+
+
+# -- db --------------------------------------------------------------------------------------
+def test_db_commands_on_an_old_index(
+    runner: CliRunner, tmp_path: Path, database_url: str | None
+) -> None:
+    path = tmp_path / "old"
+    opts = ["--store", str(path)] + (["--db", database_url] if database_url else [])
+    result = invoke(runner, "db", "upgrade", "0001", *opts)
+    assert result.exit_code == 0, result.stderr
+    assert "from an empty database to 0001" in result.stdout
+
+    assert_user_error(invoke(runner, "ls", *opts), "'0001'", "xpersist-sql db upgrade")
+    current = invoke(runner, "db", "current", *opts)
+    assert current.exit_code == 0
+    assert current.stdout.startswith("0001 (") and "db upgrade" in current.stdout
+
+    history = invoke(runner, "db", "history", *opts)
+    assert history.exit_code == 0
+    assert "<base> -> 0001 (current): Create the artifacts table." in history.stdout
+    assert f"-> {head_revision()} (head)" in history.stdout
+
+    result = invoke(runner, "db", "upgrade", *opts)
+    assert result.exit_code == 0
+    assert f"from 0001 to {head_revision()}" in result.stdout
+    assert invoke(runner, "db", "current", *opts).stdout.strip() == f"{head_revision()} (head)"
+    assert "is already at revision" in invoke(runner, "db", "upgrade", *opts).stdout
+    assert invoke(runner, "ls", "--json", *opts).stdout.strip() == "[]"
+
+    result = invoke(runner, "db", "downgrade", "-1", *opts)
+    assert result.exit_code == 0, result.stderr
+    engine = create_index_engine(database_url or f"sqlite:///{path}/.xpersist_sql/index.sqlite")
+    with engine.connect() as conn:
+        assert current_revision(conn) not in (None, head_revision())
+    result = invoke(runner, "db", "downgrade", "base", *opts)
+    assert "to base (no schema)" in result.stdout
+    assert_user_error(invoke(runner, "db", "downgrade", "base", *opts), "no xpersist_sql schema")
+    engine.dispose()
+
+
+def test_db_current_of_an_empty_database(runner: CliRunner, tmp_path: Path) -> None:
+    result = invoke(runner, "db", "current", "--store", str(tmp_path / "new"))
+    assert result.exit_code == 0
+    assert "no xpersist_sql schema" in result.stdout
+
+
+def test_db_history_without_a_store(runner: CliRunner) -> None:
+    result = invoke(runner, "db", "history")
+    assert result.exit_code == 0
+    assert "<base> -> 0001: Create the artifacts table." in result.stdout
+    assert "(current)" not in result.stdout
+
+
+def test_db_upgrade_keeps_rows(runner: CliRunner, store: CacheStore) -> None:
+    url = store.database_url
+    store.close()
+    engine = create_index_engine(url)
+    run_alembic(engine, "downgrade", "0001")
+    engine.dispose()
+    assert invoke(runner, "db", "upgrade", *where(store)).exit_code == 0
+    assert listed(invoke(runner, "ls", "--json", "--tag", "nightly", *where(store))) == [
+        "runs/a2.json",
+        "runs/a1.json",
+    ]
+
+
+# -- help ------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "command",
+    [
+        [],
+        ["ls"],
+        ["query"],
+        ["show"],
+        ["rm"],
+        ["stats"],
+        ["db"],
+        ["db", "upgrade"],
+        ["db", "downgrade"],
+        ["db", "current"],
+        ["db", "history"],
+    ],
+)
+def test_help_everywhere(runner: CliRunner, command: list[str]) -> None:
+    result = invoke(runner, *command, "--help")
+    assert result.exit_code == 0
+    assert result.stdout.startswith("Usage: ")
+    if command and command != ["db"]:
+        assert "--store" in result.stdout and "--db" in result.stdout
+
+
+def test_no_command_shows_help(runner: CliRunner) -> None:
+    result = runner.invoke(app, [])
+    assert "Usage: " in result.stdout + result.stderr
+    assert "ls" in result.stdout + result.stderr
+
+
+# -- real processes --------------------------------------------------------------------------
+def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ENV_VARS}
+    return subprocess.run(
+        [sys.executable, "-m", "xpersist_sql", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_python_m_xpersist_sql(store: CacheStore, tmp_path: Path) -> None:
+    result = run("ls", "--json", "--flow", "flow-b", *where(store), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert [a["key"] for a in json.loads(result.stdout)] == ["runs/b1.json"]
+
+    result = run("ls", "--since", "yesterday-ish", *where(store), cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: since='yesterday-ish'")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_console_script(store: CacheStore, tmp_path: Path) -> None:
+    script = Path(sys.executable).with_name("xpersist-sql")
+    env = {k: v for k, v in os.environ.items() if k not in ENV_VARS}
+    result = subprocess.run(
+        [str(script), "rm", "--key", "runs/*", "--yes", *where(store)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert store.keys() == ["other.pkl"]

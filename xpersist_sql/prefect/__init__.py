@@ -1,0 +1,23 @@
+"""Prefect 3 integration: tasks whose values are cached in a :class:`~xpersist_sql.CacheStore`.
+
+This subpackage is the only part of xpersist_sql that imports prefect.
+
+>>> from xpersist_sql.prefect import XpersistResult, xpersist_task  # doctest: +SKIP
+"""
+
+from ._context import TEMPLATE_NAMES, RunContext, TargetTemplateError, render_target
+from ._result import XpersistResult
+from ._task import CACHED_STATE_NAME, REFRESH_ENV, XpersistTask, refresh_requested, xpersist_task
+
+__all__ = [
+    "CACHED_STATE_NAME",
+    "REFRESH_ENV",
+    "TEMPLATE_NAMES",
+    "RunContext",
+    "TargetTemplateError",
+    "XpersistResult",
+    "XpersistTask",
+    "refresh_requested",
+    "render_target",
+    "xpersist_task",
+]
