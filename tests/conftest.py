@@ -11,7 +11,12 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from tests.s3 import moto_endpoint, s3_bucket, s3_storage_options  # noqa: F401 (S3 fixtures)
 from xpersist_sql import CacheStore
+
+# The session's temporary Prefect server (fixture ``prefect_server``); it also isolates Prefect's
+# settings from the developer's environment as soon as the test session starts.
+pytest_plugins = ["tests.prefect_harness"]
 
 POSTGRES_ENV = "XPERSIST_SQL_TEST_POSTGRES_URL"
 POSTGRES_HINT = (

@@ -122,8 +122,12 @@ def restore_global_state() -> Iterator[None]:
 @pytest.mark.parametrize(
     "page", PAGES_WITH_CODE, ids=[str(p.relative_to(ROOT)) for p in PAGES_WITH_CODE]
 )
-def test_page_code_runs(page: Path, isolated_tmp: Path, restore_global_state: None) -> None:
+def test_page_code_runs(
+    page: Path, isolated_tmp: Path, restore_global_state: None, request: pytest.FixtureRequest
+) -> None:
     name = str(page.relative_to(ROOT))
+    if "prefect" in page.read_text(encoding="utf-8"):
+        request.getfixturevalue("prefect_server")  # flows run against the test server
     namespace: dict[str, object] = {"__name__": f"docs_{page.stem.replace('-', '_')}"}
     try:
         for line, code in python_blocks(page.read_text(encoding="utf-8")):

@@ -103,6 +103,14 @@ def test_seed_story_first_run_computes_second_is_cached(pstore: CacheStore, task
     assert (row.flow_name, row.task_name) == ("my-flow", "get_data")
     assert (row.flow_run_id, row.task_run_id) == (meta["flow_run_id"], meta["task_run_id"])
 
+    # what the flow produced is found again through the query layer
+    since = artifact.created_at - timedelta(minutes=1)
+    assert [a.key for a in pstore.query(flow_name="my-flow", since=since)] == ["bar.zarr"]
+    assert [a.key for a in pstore.query(task_name="get_data", flow_run_id=meta["flow_run_id"])] == [
+        "bar.zarr"
+    ]
+    assert pstore.query(flow_name="other-flow") == []
+
 
 def test_tags_with_options_and_no_pickled_copy(
     pstore: CacheStore, prefect_home: Path, tmp_path: Path
