@@ -13,6 +13,7 @@ store and what to do about it::
     ├── PayloadMissingError (FileNotFoundError) the row exists, its payload is gone
     ├── PayloadLoadError                       the payload exists but cannot be read
     ├── SchemaVersionError (RuntimeError)      the index is older or newer than this package
+    ├── LockTimeoutError (TimeoutError)        store.lock(key, timeout=...) waited in vain
     └── MissingDependencyError (ImportError)   an optional dependency is not installed
 """
 
@@ -23,6 +24,7 @@ __all__ = [
     "CollisionError",
     "DuplicateKeyError",
     "InvalidKeyError",
+    "LockTimeoutError",
     "MissingDependencyError",
     "PayloadLoadError",
     "PayloadMissingError",
@@ -75,6 +77,10 @@ class PayloadLoadError(XpersistSQLError):
 
 class SchemaVersionError(XpersistSQLError, RuntimeError):
     """The index database is at another schema revision than this package expects."""
+
+
+class LockTimeoutError(XpersistSQLError, TimeoutError):
+    """Another worker held the key's lock for longer than ``store.lock``'s ``timeout``."""
 
 
 class MissingDependencyError(XpersistSQLError, ImportError):

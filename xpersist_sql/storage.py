@@ -11,9 +11,12 @@ Layout of a store rooted at ``<path>``::
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
 import os
 import posixpath
+import sys
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +27,14 @@ from fsspec.implementations.local import LocalFileSystem
 
 from .errors import InvalidKeyError
 
-__all__ = ["HIDDEN_DIR", "PayloadStat", "PayloadStorage", "validate_key"]
+__all__ = [
+    "HIDDEN_DIR",
+    "PayloadStat",
+    "PayloadStorage",
+    "exchange_paths",
+    "key_tag",
+    "validate_key",
+]
 
 HIDDEN_DIR = ".xpersist_sql"
 MAX_KEY_LENGTH = 1024
@@ -59,6 +69,38 @@ def validate_key(key: Any, *, store: str = "") -> str:
             "'results/2024/ds.zarr'"
         )
     return key
+
+
+def key_tag(key: str) -> str:
+    """Return a short hash of ``key`` naming its staging and trash entries (``<tag>-<uuid>``)."""
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+_renameat2: Any = None
+if sys.platform.startswith("linux"):  # pragma: no branch
+    try:
+        _renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+        _renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p]
+        _renameat2.restype = ctypes.c_int
+    except (AttributeError, OSError):  # glibc < 2.28
+        _renameat2 = None
+
+
+def exchange_paths(first: str, second: str) -> bool:
+    """Swap two existing local paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``).
+
+    Returns False, having changed nothing, where the platform or the filesystem cannot do it.
+    """
+    if _renameat2 is None:
+        return False
+    if _renameat2(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE):
+        code = ctypes.get_errno()
+        if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EXDEV):
+            return False
+        raise OSError(code, os.strerror(code), first, None, second)
+    return True
 
 
 @dataclass(frozen=True)
@@ -117,8 +159,12 @@ class PayloadStorage:
 
     # -- writing ---------------------------------------------------------------------------------
     def staging_path(self, key: str) -> str:
-        """Return a fresh staging path for a new payload of ``key`` (its parent is created)."""
-        parent = self._join(HIDDEN_DIR, "staging", uuid.uuid4().hex)
+        """Return a fresh staging path for a new payload of ``key`` (its parent is created).
+
+        The parent is ``staging/<key_tag(key)>-<uuid>``, so the leftovers of a killed writer
+        can be told apart by key.
+        """
+        parent = self._join(HIDDEN_DIR, "staging", f"{key_tag(key)}-{uuid.uuid4().hex}")
         self.fs.makedirs(parent, exist_ok=True)
         return posixpath.join(parent, posixpath.basename(key))
 
@@ -131,46 +177,112 @@ class PayloadStorage:
     def publish(self, staged: str, key: str) -> str | None:
         """Move a staged payload to ``<root>/<key>``.
 
-        On the local filesystem the move is an atomic rename; a replaced file is swapped in one
-        step, a replaced directory is first renamed into the trash. Returns the trash path of the
-        replaced payload, to be removed with :meth:`purge` once the index row is committed (or put
-        back with :meth:`restore` if it is not), or ``None``.
+        On the local filesystem a new payload is renamed in; a replaced payload is swapped with
+        the staged one in one atomic step (``renameat2(RENAME_EXCHANGE)`` on Linux; elsewhere a
+        file is replaced atomically and a directory is first renamed away), so a reader finds
+        either the old or the new payload at the key, never none and never a mix. The replaced
+        payload then goes to the trash as ``trash/<key_tag>-<uuid>``. Returns its trash path, to
+        be removed with :meth:`purge` once the index row is committed (or put back with
+        :meth:`restore` if it is not), or ``None``. A writer killed in between leaves the old
+        payload in its staging directory or the trash, where :meth:`find_displaced` finds it.
         """
         final = self.path(key)
         trash: str | None = None
         if self.is_local:
             os.makedirs(os.path.dirname(final), exist_ok=True)
-            if os.path.isdir(final):
-                trash = self._trash_path()
-                os.replace(final, trash)
-            os.replace(staged, final)
+            if os.path.lexists(final):
+                trash = self._trash_path(key)
+                if exchange_paths(staged, final):
+                    os.replace(staged, trash)
+                elif os.path.isdir(final):
+                    os.replace(final, trash)
+                    os.replace(staged, final)
+                else:
+                    os.replace(staged, final)
+                    trash = None
+            else:
+                os.replace(staged, final)
         else:
-            if self.fs.exists(final):
-                trash = self._trash_path()
-                self.fs.mv(final, trash, recursive=True)
-            self.fs.mv(staged, final, recursive=True)
-        self.discard_staging(staged)
+            if self.exists(key):
+                trash = self._trash_path(key)
+                self._move(final, trash)
+            self._move(staged, final)
         return trash
 
     def restore(self, trash: str, key: str) -> None:
         """Put a payload moved to the trash by :meth:`publish` back at ``key``."""
         final = self.path(key)
+        if self.is_local and os.path.lexists(final) and exchange_paths(trash, final):
+            self.purge(trash)
+            return
         if self.fs.exists(final):
             self.fs.rm(final, recursive=True)
-        self.fs.mv(trash, final, recursive=True)
+        self._move(trash, final)
 
-    def _trash_path(self) -> str:
+    def _move(self, source: str, target: str) -> None:
+        """Move a file or a directory tree, file by file (object stores have no directories).
+
+        ``fs.mv(recursive=True)`` on s3fs also tries to copy the directory entries themselves,
+        which are not objects, and fails half-way.
+        """
+        if self.is_local:
+            self.fs.mv(source, target, recursive=True)
+            return
+        files = self._files(source)
+        if list(files) == [""]:
+            self.fs.copy(source, target)
+            self.fs.rm(source)
+        else:
+            sources = [posixpath.join(source, name) for name in files]
+            self.fs.copy(sources, [posixpath.join(target, name) for name in files])
+            self.fs.rm(sources)
+        self._refresh(source)
+        self._refresh(target)
+
+    def _trash_path(self, key: str) -> str:
         trash_dir = self.internal_dir("trash")
         self.fs.makedirs(trash_dir, exist_ok=True)
-        return posixpath.join(trash_dir, uuid.uuid4().hex)
+        return posixpath.join(trash_dir, f"{key_tag(key)}-{uuid.uuid4().hex}")
+
+    def find_displaced(self, key: str, fingerprint: str) -> str | None:
+        """Find the payload of ``key`` with ``fingerprint`` that a killed writer moved away.
+
+        Looks in the key's staging directories and trash entries (named by :func:`key_tag`).
+        Returns its path, or None.
+        """
+        tag = key_tag(key)
+        name = posixpath.basename(key)
+        candidates: list[str] = []
+        for sub in ("staging", "trash"):
+            base = self.internal_dir(sub)
+            self._refresh(base)
+            try:
+                entries = self.fs.ls(base, detail=False)
+            except FileNotFoundError:
+                continue
+            for entry in entries:
+                entry_name = posixpath.basename(entry.rstrip("/"))
+                if not entry_name.startswith(f"{tag}-"):
+                    continue
+                candidates.append(entry if sub == "trash" else posixpath.join(entry, name))
+        for candidate in candidates:
+            try:
+                if self.stat(candidate).fingerprint == fingerprint:
+                    return candidate
+            except FileNotFoundError:
+                continue
+        return None
 
     def move_to_trash(self, key: str) -> str | None:
         """Move the payload of ``key`` into the trash; return the trash path, None if absent."""
         final = self.path(key)
-        if not self.fs.exists(final):
+        if not self.exists(key):
             return None
-        trash = self._trash_path()
-        self.fs.mv(final, trash, recursive=True)
+        trash = self._trash_path(key)
+        if self.is_local:
+            os.replace(final, trash)
+        else:
+            self._move(final, trash)
         return trash
 
     def purge(self, path: str | None) -> None:
@@ -183,12 +295,21 @@ class PayloadStorage:
         self.purge(self.path(key))
 
     # -- reading ---------------------------------------------------------------------------------
+    def _refresh(self, path: str) -> None:
+        # Another process or machine may have changed ``path`` since this process listed it:
+        # object-store filesystems (s3fs...) cache listings, which would answer from the past.
+        if not self.is_local:
+            self.fs.invalidate_cache(path)
+
     def exists(self, key: str) -> bool:
         """Return whether the payload of ``key`` is present."""
-        return bool(self.fs.exists(self.path(key)))
+        path = self.path(key)
+        self._refresh(path)
+        return bool(self.fs.exists(path))
 
     def _files(self, path: str) -> dict[str, dict[str, Any]]:
         """Map relative name -> info for the file at ``path`` or every file below it."""
+        self._refresh(path)
         info = self.fs.info(path)
         if info.get("type") != "directory":
             return {"": info}

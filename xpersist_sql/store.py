@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import tempfile
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic_core import to_jsonable_python
 from sqlalchemy import Engine
 
 from ._version import __version__
+from .db.access import AccessLog
 from .db.engine import create_index_engine, redact_url
 from .db.index import ArtifactIndex
 from .db.schema import ensure_schema
@@ -26,15 +28,20 @@ from .errors import (
     PayloadMissingError,
     ReadonlyStoreError,
 )
+from .lifecycle import SizeGuard, parse_size
+from .locks import KeyLock, key_lock
 from .models import Artifact, DuplicateKeyEnum
+from .query import MetadataValue, TimeBound, artifacts_to_frame, fetch_artifacts, parse_query
 from .serializers import Serializer, get_serializer, pick_serializer
 from .storage import HIDDEN_DIR, PayloadStorage, validate_key
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["DATABASE_URL_ENV", "CacheStore"]
 
 DATABASE_URL_ENV = "XPERSIST_SQL_DATABASE_URL"
 INDEX_FILENAME = "index.sqlite"
-_LOAD_ATTEMPTS = 3
 
 TTL = timedelta | int | float
 
@@ -87,6 +94,9 @@ class CacheStore:
         costs a full read).
     default_ttl : timedelta or float, optional
         Expiry applied to every ``put`` that gives no ``ttl``.
+    max_size : int or str, optional
+        Bound on the payloads' total size (bytes, or ``"50GB"``, ``"500MiB"``): a ``put`` that
+        takes the store over it evicts least-recently-used artifacts down to 90 % of it.
 
     Examples
     --------
@@ -109,6 +119,7 @@ class CacheStore:
         storage_options: dict[str, Any] | None = None,
         checksum: bool = False,
         default_ttl: TTL | None = None,
+        max_size: int | str | None = None,
     ) -> None:
         raw = _default_path() if path is None else os.fspath(path)
         self.storage_options: dict[str, Any] = dict(storage_options or {})
@@ -121,6 +132,9 @@ class CacheStore:
         self.on_duplicate_key = DuplicateKeyEnum(on_duplicate_key)
         self.checksum = bool(checksum)
         self.default_ttl = _as_timedelta(default_ttl, "default_ttl")
+        self.max_size: int | None = None if max_size is None else parse_size(max_size)
+        self._size_guard = None if self.max_size is None else SizeGuard(self.max_size)
+        self._access = AccessLog()
         self._explicit_database_url = database_url
         self.database_url: str = self._resolve_database_url(database_url)
         if self._storage.is_local and not self.readonly:
@@ -149,7 +163,9 @@ class CacheStore:
             f"{type(self).__name__}(path={self.path!r}, readonly={self.readonly!r}, "
             f"on_duplicate_key={self.on_duplicate_key!r}, "
             f"storage_options={self.storage_options!r}, "
-            f"database_url={redact_url(self.database_url)!r})"
+            f"database_url={redact_url(self.database_url)!r}"
+            + ("" if self.max_size is None else f", max_size={self.max_size!r}")
+            + ")"
         )
 
     def __getstate__(self) -> dict[str, Any]:
@@ -161,6 +177,7 @@ class CacheStore:
             "storage_options": self.storage_options,
             "checksum": self.checksum,
             "default_ttl": self.default_ttl,
+            "max_size": self.max_size,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -198,11 +215,17 @@ class CacheStore:
 
     def close(self) -> None:
         """Dispose of the index's connections (the store reopens them when used again)."""
+        self._flush_accesses()
         with self._engine_lock:
             if self._engine is not None and self._engine_pid == os.getpid():
                 self._engine.dispose()
             self._engine = None
             self._index_cache = None
+
+    def _flush_accesses(self) -> None:
+        """Write the last-access times this process has not recorded yet."""
+        if self._access.pending and self._engine is not None and self._engine_pid == os.getpid():
+            self._access.flush(self._engine)
 
     # -- helpers ---------------------------------------------------------------------------------
     def _check_writable(self, action: str, key: str) -> None:
@@ -319,7 +342,10 @@ class CacheStore:
             artifact = Artifact(
                 key=key,
                 serializer=name,
-                load_kwargs={**_jsonable(hints, "load hints"), **_jsonable(load_kwargs, "load_kwargs")},
+                load_kwargs={
+                    **_jsonable(hints, "load hints"),
+                    **_jsonable(load_kwargs, "load_kwargs"),
+                },
                 dump_kwargs=_jsonable(dump_kwargs, "dump_kwargs"),
                 additional_metadata=_jsonable(additional_metadata, "additional_metadata"),
                 created_at=now,
@@ -343,13 +369,15 @@ class CacheStore:
                     # object stores copy on move: fingerprint what now lies at the key
                     final = storage.stat(storage.path(key))
                     index.update_stat(
-                        conn, artifact_id, size_bytes=final.size_bytes, fingerprint=final.fingerprint
+                        conn,
+                        artifact_id,
+                        size_bytes=final.size_bytes,
+                        fingerprint=final.fingerprint,
                     )
                     artifact = artifact.model_copy(
                         update={"size_bytes": final.size_bytes, "fingerprint": final.fingerprint}
                     )
             committed = True
-            return artifact
         finally:
             if trash is not None:
                 if committed:
@@ -357,6 +385,9 @@ class CacheStore:
                 else:
                     storage.restore(trash, key)
             storage.discard_staging(staged)
+        if self._size_guard is not None:
+            self._size_guard.after_put(self, artifact)
+        return artifact
 
     def _on_existing(
         self, key: str, existing: Artifact, digest: str | None, policy: DuplicateKeyEnum
@@ -419,23 +450,69 @@ class CacheStore:
         PayloadLoadError
             The serializer could not read the payload (the message compares library versions).
         """
-        for attempt in range(_LOAD_ATTEMPTS):
+        key = validate_key(key, store=self.path)
+        settled = False
+        while True:
             artifact = self.get_artifact(key)
             ser = get_serializer(serializer or artifact.serializer)
             ser.check_requirements()
-            if not self._storage.exists(key):
-                if attempt + 1 < _LOAD_ATTEMPTS:
-                    continue  # a concurrent overwrite or delete may be swapping it
+            if self._storage.exists(key):
+                try:
+                    value = self._load(artifact, ser, load_kwargs)
+                except PayloadLoadError:
+                    if settled:
+                        raise
+                else:
+                    # The payload opened is the row's (not one a concurrent or killed writer
+                    # swapped in): its fingerprint still matches after the load.
+                    if settled or self._payload_matches(artifact):
+                        return value
+            elif settled:
                 raise PayloadMissingError(
                     f"key {key!r} is in the index of store {self.path!r} but its payload "
                     f"{self._storage.url(key)} is gone (deleted behind the index's back?); "
                     f"remove the row with store.delete({key!r}) or `xpersist-sql verify --repair`"
                     " and compute the value again"
                 )
-            return self._load(artifact, ser, load_kwargs)
-        raise AssertionError("unreachable")  # pragma: no cover
+            self._settle(key)
+            settled = True
+
+    def _payload_matches(self, artifact: Artifact) -> bool:
+        """Whether the payload at the artifact's key is the one its row describes."""
+        if artifact.fingerprint is None:
+            return True
+        try:
+            current = self._storage.stat(self._storage.path(artifact.key))
+        except FileNotFoundError:
+            return False
+        return current.fingerprint == artifact.fingerprint
+
+    def _settle(self, key: str) -> None:
+        """Wait out a writer publishing ``key``; put back a payload a killed writer moved away.
+
+        Runs in a write transaction, so it starts once a concurrent put or delete of the key has
+        committed or rolled back (or its process died). If the row still does not match the
+        payload at the key, a writer was killed between moving the old payload away and
+        committing: the payload the row describes is found by fingerprint in that writer's
+        staging directory or the trash and moved back.
+        """
+        if self.readonly:
+            return  # a readonly store neither takes write locks nor repairs
+        index = self._index
+        with index.write() as conn:
+            found = index.fetch(conn, key, for_update=True)
+            if found is None:
+                return
+            artifact = found[1]
+            if artifact.fingerprint is None or self._payload_matches(artifact):
+                return
+            displaced = self._storage.find_displaced(key, artifact.fingerprint)
+            if displaced is not None:
+                self._storage.restore(displaced, key)
 
     def _load(self, artifact: Artifact, ser: Serializer, load_kwargs: dict[str, Any] | None) -> Any:
+        if not self.readonly:  # batched and throttled, for LRU eviction (see db/access.py)
+            self._access.record(artifact.key, lambda: self._index.engine)
         kwargs = {**artifact.load_kwargs, **(load_kwargs or {})}
         try:
             return ser.load(self._storage.fs, self._storage.path(artifact.key), **kwargs)
@@ -462,6 +539,96 @@ class CacheStore:
     def keys(self) -> list[str]:
         """Return the keys of the stored (unexpired) artifacts, sorted."""
         return self._index.keys()
+
+    def query(
+        self,
+        *,
+        key: str | None = None,
+        flow_name: str | None = None,
+        task_name: str | None = None,
+        flow_run_id: str | None = None,
+        task_run_id: str | None = None,
+        serializer: str | None = None,
+        tags: str | Iterable[str] | None = None,
+        metadata: Mapping[str, MetadataValue] | None = None,
+        since: TimeBound | None = None,
+        until: TimeBound | None = None,
+        limit: int | None = None,
+        order: str = "newest",
+        include_expired: bool = False,
+    ) -> list[Artifact]:
+        """Find artifacts by what produced them, when, and how; answered by the index.
+
+        Filters combine with AND; leaving them all out lists every artifact.
+
+        Parameters
+        ----------
+        key : str, optional
+            Glob on the key: ``*`` matches any characters (``/`` included), ``?`` one.
+        flow_name, task_name, flow_run_id, task_run_id : str, optional
+            The Prefect context recorded with the artifact (or the same names given in a plain
+            ``put``'s ``additional_metadata``).
+        serializer : str, optional
+            Name of the serializer that wrote the payload.
+        tags : list of str, optional
+            The artifact has all of these tags (its ``task_tags``/``tags`` metadata).
+        metadata : dict, optional
+            ``additional_metadata[name] == value`` for every item; values are JSON scalars.
+        since, until : datetime, date, str or timedelta, optional
+            ``since <= created_at < until``. A datetime (naive means UTC), a date, an ISO-8601
+            string, or a timedelta / duration string (``"7d"``, ``"12h"``) meaning that long ago.
+        limit : int, optional
+            Return at most this many artifacts.
+        order : {"newest", "oldest"}
+            Newest first (default) or oldest first by ``created_at``.
+        include_expired : bool
+            Also return artifacts whose ttl has passed.
+
+        Returns
+        -------
+        list of Artifact
+
+        Raises
+        ------
+        TypeError, ValueError
+            A filter of the wrong type or an unusable value (an unparseable date, a negative
+            limit...), or an unknown keyword.
+
+        Examples
+        --------
+        >>> store.query(flow_name="my-flow", since="2021-12-16")  # doctest: +SKIP
+        >>> store.query(tags=["nightly"], since=timedelta(days=7), limit=10)  # doctest: +SKIP
+        """
+        spec = parse_query(
+            key=key,
+            flow_name=flow_name,
+            task_name=task_name,
+            flow_run_id=flow_run_id,
+            task_run_id=task_run_id,
+            serializer=serializer,
+            tags=tags,
+            metadata=metadata,
+            since=since,
+            until=until,
+            limit=limit,
+            order=order,
+            include_expired=include_expired,
+        )
+        with self._index.read() as conn:
+            return fetch_artifacts(conn, spec)
+
+    def query_df(self, **filters: Any) -> pd.DataFrame:
+        """Return :meth:`query`'s artifacts as a pandas DataFrame, one row per artifact.
+
+        Takes the same keyword filters as :meth:`query`. The columns are the
+        :class:`Artifact` fields plus ``flow_name``, ``task_name``, ``flow_run_id`` and
+        ``task_run_id`` from ``additional_metadata``.
+
+        Examples
+        --------
+        >>> store.query_df(flow_name="my-flow")[["key", "created_at"]]  # doctest: +SKIP
+        """
+        return artifacts_to_frame(self.query(**filters))
 
     def delete(self, key: str, dry_run: bool = False) -> Artifact:
         """Remove the artifact's row, then its payload.
@@ -495,6 +662,51 @@ class CacheStore:
             trash = self._storage.move_to_trash(key)
         self._storage.purge(trash)
         return artifact
+
+    # -- locks ---------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self, key: str, timeout: float | None = None) -> Iterator[None]:
+        """Hold the lock on ``key``, shared by every process and machine using this index.
+
+        Workers that need the same missing value compute it once: the first to take the lock
+        computes and puts it, the others wait and then read it. The lock is a PostgreSQL
+        advisory lock, or for a SQLite index a file lock in a ``locks/`` directory next to the
+        SQLite file; it is released when the block exits, or when the holder's process dies.
+
+        Parameters
+        ----------
+        key : str
+            The key to lock (it need not be stored).
+        timeout : float, optional
+            Seconds to wait for the lock: ``None`` (default) waits as long as it takes, ``0``
+            does not wait.
+
+        Raises
+        ------
+        LockTimeoutError
+            If another worker still holds the lock after ``timeout`` seconds.
+
+        Examples
+        --------
+        >>> with store.lock("ds.zarr"):  # doctest: +SKIP
+        ...     if "ds.zarr" not in store:
+        ...         store.put("ds.zarr", compute())
+        ...     ds = store.get("ds.zarr")
+        """
+        held = self.key_lock(validate_key(key, store=self.path))
+        held.acquire(timeout)
+        try:
+            yield
+        finally:
+            held.release()
+
+    def key_lock(self, key: str) -> KeyLock:
+        """Return an unacquired :class:`~xpersist_sql.locks.KeyLock` on any string ``key``.
+
+        The building block of :meth:`lock` for callers that acquire and release in different
+        places (the Prefect lock manager); the key is not validated as a path.
+        """
+        return key_lock(self.engine, key, store=self.path)
 
     # -- mapping protocol ------------------------------------------------------------------------
     def __getitem__(self, key: str) -> Any:

@@ -126,10 +126,10 @@ def _sqlite_engine(url: URL) -> Engine:
     def _on_begin(connection: Any) -> None:
         # A deferred transaction that later upgrades to a write lock can fail with
         # "database is locked" regardless of busy_timeout; writers take the lock up front.
+        # Reads run without an explicit transaction (each statement is atomic on its own), which
+        # saves a BEGIN/ROLLBACK round per lookup.
         if connection.get_execution_options().get(WRITE_OPTION):
             connection.exec_driver_sql("BEGIN IMMEDIATE")
-        else:
-            connection.exec_driver_sql("BEGIN")
 
     return engine
 

@@ -64,7 +64,12 @@ def not_expired(now: datetime | None = None) -> Any:
 def row_to_artifact(row: Any) -> Artifact:
     """Build an :class:`Artifact` from a row of the artifacts table."""
     mapping = row._mapping
-    return Artifact(**{field: mapping[field] for field in _ROW_FIELDS})
+    values = {field: mapping[field] for field in _ROW_FIELDS}
+    for field in ("load_kwargs", "dump_kwargs", "additional_metadata", "versions"):
+        if values[field] is None:
+            values[field] = {}
+    # the columns already have the model's types (aware UTC datetimes, decoded JSON)
+    return Artifact.model_construct(**values)
 
 
 class ArtifactIndex:
@@ -190,7 +195,11 @@ class ArtifactIndex:
         tags = tags_of(artifact.additional_metadata)
         if tags:
             conn.execute(
-                insert(TAGS), [{"artifact_id": artifact_id, "tag": tag} for tag in sorted(tags)]
+                insert(TAGS),
+                [
+                    {"artifact_id": artifact_id, "tag": tag, "created_at": artifact.created_at}
+                    for tag in sorted(tags)
+                ],
             )
 
     def remove(self, conn: Connection, key: str) -> Artifact | None:

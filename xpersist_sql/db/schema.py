@@ -166,6 +166,11 @@ def ensure_schema(engine: Engine, *, store: str | None = None, readonly: bool = 
             if current == "":
                 run_alembic(engine, "upgrade", "head")
                 current = None
+    if current is not None:
+        # Another process may be creating the schema right now, one revision at a time: what
+        # it leaves once it releases the creation lock is what counts.
+        with _creation_lock(engine):
+            current = _check(engine, store=store)
     if current is None:
         return
     head = head_revision()

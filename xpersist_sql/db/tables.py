@@ -86,13 +86,17 @@ ARTIFACTS = Table(
     Column("task_name", String(512), nullable=True),
     Column("flow_run_id", String(64), nullable=True),
     Column("task_run_id", String(64), nullable=True),
+    # when the artifact was last read (revision 0003), recorded in batches: LRU eviction
+    Column("last_accessed_at", UTCDateTime(), nullable=True),
     Index(None, "created_at"),
     Index(None, "expires_at"),
-    Index(None, "flow_name", "created_at"),
-    Index(None, "task_name", "created_at"),
-    Index(None, "serializer", "created_at"),
+    # (column, created_at, id): newest-first queries (ties broken by id) read them in order
+    Index(None, "flow_name", "created_at", "id"),
+    Index(None, "task_name", "created_at", "id"),
+    Index(None, "serializer", "created_at", "id"),
     Index(None, "flow_run_id"),
     Index(None, "task_run_id"),
+    Index(None, "last_accessed_at"),
 )
 
 TAGS = Table(
@@ -105,5 +109,7 @@ TAGS = Table(
         primary_key=True,
     ),
     Column("tag", String(256), primary_key=True),
-    Index(None, "tag", "artifact_id"),
+    # a copy of the artifact's created_at: "newest N with tag T" walks this index and stops
+    Column("created_at", UTCDateTime(), nullable=False),
+    Index(None, "tag", "created_at", "artifact_id"),
 )

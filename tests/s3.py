@@ -1,0 +1,115 @@
+"""A real S3 endpoint for the tests: the moto server, in its own process on a loopback port.
+
+The fixtures here are imported by ``tests/conftest.py``:
+
+- ``moto_endpoint`` (session): starts ``python -m moto.server`` on a free port of 127.0.0.1,
+  waits until it answers HTTP, yields its URL and stops it at the end of the session;
+- ``s3_storage_options``: the fsspec/s3fs options reaching it (fake credentials);
+- ``s3_bucket``: a fresh, uniquely named bucket per test, removed afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+S3_HINT = "S3 tests need moto[server] and s3fs: pip install -e '.[test]'"
+START_TIMEOUT = 60.0
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/moto-api/", timeout=1) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def start_moto_server() -> tuple[subprocess.Popen[bytes], str]:
+    """Start the moto server on a free loopback port; return the process and its URL."""
+    env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    last_error = ""
+    for _ in range(3):  # the free port may be taken between the probe and the bind
+        port = _free_port()
+        url = f"http://127.0.0.1:{port}"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline and proc.poll() is None:
+            if _answers(url):
+                return proc, url
+            time.sleep(0.1)
+        if proc.poll() is None:
+            proc.kill()
+        _, stderr = proc.communicate(timeout=10)
+        last_error = stderr.decode(errors="replace")[-2000:]
+    raise RuntimeError(f"the moto server did not start: {last_error}")
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """URL of a moto S3 server running in its own process for the whole session."""
+    pytest.importorskip("moto.server", reason=S3_HINT)
+    pytest.importorskip("s3fs", reason=S3_HINT)
+    proc, url = start_moto_server()
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@pytest.fixture
+def s3_storage_options(moto_endpoint: str) -> dict[str, Any]:
+    """fsspec storage options (s3fs) reaching the moto server."""
+    return {
+        "endpoint_url": moto_endpoint,
+        "key": "testing",
+        "secret": "testing",
+        "client_kwargs": {"region_name": "us-east-1"},
+    }
+
+
+@pytest.fixture
+def s3_bucket(s3_storage_options: dict[str, Any]) -> Iterator[str]:
+    """A new empty bucket for one test, deleted with its objects afterwards."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem(**s3_storage_options)
+    name = f"xpersist-{uuid.uuid4().hex[:16]}"
+    fs.call_s3("create_bucket", Bucket=name)  # us-east-1 takes no LocationConstraint
+    fs.invalidate_cache()
+    try:
+        yield name
+    finally:
+        fs.invalidate_cache()
+        if fs.exists(name):
+            fs.rm(name, recursive=True)

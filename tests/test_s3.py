@@ -1,0 +1,236 @@
+"""Payloads on S3 (the moto server over HTTP), indexed by SQLite or PostgreSQL.
+
+Every payload written through the store is also opened directly from the bucket with
+xarray/pandas/fsspec, without xpersist_sql, as a user of the bucket would.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import pickle
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+from tests.helpers import make_dataset, make_frame
+from xpersist_sql import (
+    ArtifactNotFoundError,
+    CacheStore,
+    CollisionError,
+    DuplicateKeyError,
+    PayloadMissingError,
+)
+
+S3Store = Callable[..., CacheStore]
+
+
+@pytest.fixture
+def index_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The index of the S3 store: a SQLite file on this machine, or PostgreSQL."""
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path / 'index.sqlite'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+def s3_store(
+    s3_bucket: str, s3_storage_options: dict[str, Any], index_url: str
+) -> Callable[..., CacheStore]:
+    """Factory of stores on ``s3://<bucket>/cache`` sharing one index."""
+    created: list[CacheStore] = []
+
+    def make(**kwargs: Any) -> CacheStore:
+        store = CacheStore(
+            f"s3://{s3_bucket}/cache",
+            database_url=index_url,
+            storage_options=s3_storage_options,
+            **kwargs,
+        )
+        created.append(store)
+        return store
+
+    yield make  # type: ignore[misc]
+    for store in created:
+        store.close()
+
+
+def bucket_fs(options: dict[str, Any]) -> Any:
+    fs = fsspec.filesystem("s3", **options)
+    fs.invalidate_cache()
+    return fs
+
+
+def objects_under(options: dict[str, Any], url: str) -> list[str]:
+    fs = bucket_fs(options)
+    return sorted(fs.find(url)) if fs.exists(url) else []
+
+
+# -- round trips -------------------------------------------------------------------------------
+def test_zarr_round_trip_and_direct_open(
+    s3_store: S3Store, s3_storage_options: dict[str, Any], s3_bucket: str
+) -> None:
+    store = s3_store()
+    ds = make_dataset()
+    artifact = store.put("runs/ds.zarr", ds)
+    assert artifact.serializer == "xarray.zarr" and artifact.size_bytes > 0
+    url = store.payload_url("runs/ds.zarr")
+    assert url == f"s3://{s3_bucket}/cache/runs/ds.zarr"
+    xr.testing.assert_identical(store.get("runs/ds.zarr").load(), ds)
+    # straight from the bucket, no xpersist_sql involved
+    direct = xr.open_zarr(url, storage_options=s3_storage_options)
+    xr.testing.assert_identical(direct.load(), ds)
+    # a DataArray comes back as a DataArray
+    da = ds["tas"]
+    store.put("da.zarr", da)
+    xr.testing.assert_identical(store.get("da.zarr").load(), da)
+
+
+def test_netcdf_round_trip_and_direct_open(
+    s3_store: S3Store, s3_storage_options: dict[str, Any]
+) -> None:
+    store = s3_store()
+    ds = make_dataset()
+    store.put("ds.nc", ds, serializer="xarray.netcdf")
+    xr.testing.assert_identical(store.get("ds.nc").load(), ds)
+    with fsspec.open(store.payload_url("ds.nc"), "rb", **s3_storage_options) as f:
+        direct = xr.open_dataset(f, engine="h5netcdf").load()
+    xr.testing.assert_identical(direct, ds)
+
+
+def test_parquet_round_trip_and_direct_open(
+    s3_store: S3Store, s3_storage_options: dict[str, Any]
+) -> None:
+    store = s3_store()
+    frame = make_frame()
+    assert store.put("table.parquet", frame).serializer == "pandas.parquet"
+    pd.testing.assert_frame_equal(store.get("table.parquet"), frame)
+    direct = pd.read_parquet(store.payload_url("table.parquet"), storage_options=s3_storage_options)
+    pd.testing.assert_frame_equal(direct, frame)
+
+
+def test_json_joblib_and_other_round_trips(
+    s3_store: S3Store, s3_storage_options: dict[str, Any]
+) -> None:
+    store = s3_store()
+    value = {"answer": 42, "members": [1, 2, 3], "name": "ctrl"}
+    store.put("meta/v.json", value, serializer="json")
+    assert store.get("meta/v.json") == value
+    with fsspec.open(store.payload_url("meta/v.json"), "r", **s3_storage_options) as f:
+        assert json.load(f) == value
+
+    model = {"weights": np.arange(1000.0), "bias": 0.5}
+    assert store.put("model.joblib", model).serializer == "joblib"
+    loaded = store.get("model.joblib")
+    assert loaded["bias"] == 0.5 and np.array_equal(loaded["weights"], model["weights"])
+
+    array = np.linspace(0, 1, 50)
+    store.put("a.npy", array)
+    assert np.array_equal(store.get("a.npy"), array)
+    with fsspec.open(store.payload_url("a.npy"), "rb", **s3_storage_options) as f:
+        assert np.array_equal(np.load(f), array)
+
+    frame = make_frame()
+    store.put("t.csv", frame, serializer="pandas.csv")
+    pd.testing.assert_frame_equal(store.get("t.csv"), frame)
+    store.put("p.pickle", {"x": {1, 2}}, serializer="pickle")
+    assert store.get("p.pickle") == {"x": {1, 2}}
+
+    assert store.keys() == sorted(["meta/v.json", "model.joblib", "a.npy", "t.csv", "p.pickle"])
+    assert len(store) == 5 and "a.npy" in store
+
+
+# -- the same store from other processes ("other machines") ---------------------------------------
+def _read_and_write(store: CacheStore) -> Any:
+    value = store.get("shared.json")
+    store.put("from-child.json", {"child": True}, serializer="json")
+    return value
+
+
+def test_other_processes_share_the_s3_store(s3_store: S3Store) -> None:
+    store = s3_store()
+    store.put("shared.json", {"v": 1}, serializer="json")
+    clone = pickle.loads(pickle.dumps(store))
+    assert clone.storage_options == store.storage_options and clone.path == store.path
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(2) as pool:
+        assert pool.map(_read_and_write, [store, store]) == [{"v": 1}, {"v": 1}]
+    assert store.get("from-child.json") == {"child": True}
+    assert store.keys() == ["from-child.json", "shared.json"]
+
+
+# -- overwrite, delete, missing payloads -------------------------------------------------------
+def test_overwrite_on_s3(s3_store: S3Store, s3_storage_options: dict[str, Any]) -> None:
+    store = s3_store(on_duplicate_key="overwrite")
+    store.put("k.zarr", make_dataset(seed=1))
+    new = make_dataset(n=7, seed=2)
+    artifact = store.put("k.zarr", new)
+    xr.testing.assert_identical(store.get("k.zarr").load(), new)
+    assert store.get_artifact("k.zarr") == artifact
+    assert len(store) == 1
+    # the old payload left nothing behind: no mix of old and new chunks, no trash, no staging
+    direct = xr.open_zarr(store.payload_url("k.zarr"), storage_options=s3_storage_options)
+    xr.testing.assert_identical(direct.load(), new)
+    hidden = f"{store.path}/.xpersist_sql"
+    assert objects_under(s3_storage_options, f"{hidden}/trash") == []
+    assert objects_under(s3_storage_options, f"{hidden}/staging") == []
+    # a file payload replaced by another
+    store.put("v.json", {"v": 1}, serializer="json")
+    store.put("v.json", {"v": 2}, serializer="json")
+    assert store.get("v.json") == {"v": 2}
+
+
+def test_policies_on_s3(s3_store: S3Store) -> None:
+    skip = s3_store()
+    first = skip.put("k.json", {"v": 1}, serializer="json")
+    assert skip.put("k.json", {"v": 2}, serializer="json") == first
+    assert skip.get("k.json") == {"v": 1}
+    with pytest.raises(DuplicateKeyError, match="already exists"):
+        s3_store(on_duplicate_key="raise_error").put("k.json", {"v": 3}, serializer="json")
+    collision = s3_store(on_duplicate_key="check_collision")
+    assert collision.put("k.json", {"v": 1}, serializer="json") == first
+    with pytest.raises(CollisionError, match="different content"):
+        collision.put("k.json", {"v": 2}, serializer="json")
+
+
+def test_delete_on_s3(s3_store: S3Store, s3_storage_options: dict[str, Any]) -> None:
+    store = s3_store()
+    store.put("x.zarr", make_dataset())
+    url = store.payload_url("x.zarr")
+    assert objects_under(s3_storage_options, url)
+    deleted = store.delete("x.zarr")
+    assert deleted.key == "x.zarr" and "x.zarr" not in store
+    assert objects_under(s3_storage_options, url) == []
+    assert objects_under(s3_storage_options, f"{store.path}/.xpersist_sql/trash") == []
+    with pytest.raises(ArtifactNotFoundError, match=r"x\.zarr"):
+        store.get("x.zarr")
+
+
+def test_payload_missing_on_s3(s3_store: S3Store, s3_storage_options: dict[str, Any]) -> None:
+    store = s3_store()
+    store.put("gone.json", {"v": 1}, serializer="json")
+    url = store.payload_url("gone.json")
+    bucket_fs(s3_storage_options).rm(url)  # behind the index's back
+    with pytest.raises(PayloadMissingError) as info:
+        store.get("gone.json")
+    message = str(info.value)
+    assert "'gone.json'" in message and url in message and "store.delete" in message
+    store.delete("gone.json")
+    assert store.keys() == []
+
+
+def test_remote_path_without_database_url_is_an_error(
+    s3_bucket: str, s3_storage_options: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("XPERSIST_SQL_DATABASE_URL", raising=False)
+    with pytest.raises(ValueError, match="database_url") as info:
+        CacheStore(f"s3://{s3_bucket}/cache", storage_options=s3_storage_options)
+    message = str(info.value)
+    assert f"s3://{s3_bucket}/cache" in message and "postgresql" in message
+    assert "XPERSIST_SQL_DATABASE_URL" in message
