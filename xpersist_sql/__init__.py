@@ -19,6 +19,7 @@ from .errors import (
     SerializerNotFoundError,
     XpersistSQLError,
 )
+from .legacy import import_legacy
 from .models import Artifact, DuplicateKeyEnum
 from .serializers import Serializer, available_serializers, register_serializer
 from .store import CacheStore
@@ -42,5 +43,6 @@ __all__ = [
     "XpersistSQLError",
     "__version__",
     "available_serializers",
+    "import_legacy",
     "register_serializer",
 ]
