@@ -23,6 +23,9 @@ def _run(connection: Connection) -> None:
         version_table=VERSION_TABLE,
         render_as_batch=True,
         compare_type=True,
+        # SQLite and PostgreSQL both run DDL inside transactions: a schema is created or
+        # upgraded as a whole or not at all, and no other process sees it half-way.
+        transactional_ddl=True,
     )
     with context.begin_transaction():
         context.run_migrations()

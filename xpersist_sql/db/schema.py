@@ -125,22 +125,18 @@ def _creation_lock(engine: Engine) -> Iterator[None]:
         yield
 
 
-def _check(engine: Engine, *, store: str | None) -> str | None:
-    """Return None when the schema is at head, the current revision ('' if empty) otherwise."""
+_FOREIGN = "<no version table>"
+
+
+def _check(engine: Engine) -> str | None:
+    """Return None at head, '' for an empty database, _FOREIGN, or the current revision."""
     head = head_revision()
     with engine.connect() as conn:
         current = current_revision(conn)
         if current == head:
             return None
         if current is None:
-            if inspect(conn).has_table(ARTIFACTS.name):
-                url = redact_url(engine.url)
-                raise SchemaVersionError(
-                    f"{_describe(url, store)} has an xpersist_sql table but no "
-                    f"{VERSION_TABLE!r} table; it was not created by xpersist_sql's migrations. "
-                    f"Point the store at another database, or stamp it with Alembic."
-                )
-            return ""
+            return _FOREIGN if inspect(conn).has_table(ARTIFACTS.name) else ""
     return current
 
 
@@ -153,26 +149,30 @@ def ensure_schema(engine: Engine, *, store: str | None = None, readonly: bool = 
         If the database is at a revision other than head, or is empty and ``readonly``.
     """
     url = redact_url(engine.url)
-    current = _check(engine, store=store)
-    if current == "":
-        if readonly:
-            raise SchemaVersionError(
-                f"{_describe(url, store)} has no xpersist_sql schema yet and the store is "
-                "readonly; open it once without readonly=True (or run "
-                f"`{_upgrade_hint(url, store)}`) to create it"
-            )
-        with _creation_lock(engine):
-            current = _check(engine, store=store)
-            if current == "":
-                run_alembic(engine, "upgrade", "head")
-                current = None
-    if current is not None:
-        # Another process may be creating the schema right now, one revision at a time: what
-        # it leaves once it releases the creation lock is what counts.
-        with _creation_lock(engine):
-            current = _check(engine, store=store)
+    current = _check(engine)
     if current is None:
         return
+    if current == "" and readonly:
+        raise SchemaVersionError(
+            f"{_describe(url, store)} has no xpersist_sql schema yet and the store is "
+            "readonly; open it once without readonly=True (or run "
+            f"`{_upgrade_hint(url, store)}`) to create it"
+        )
+    # Whatever we saw may be another process creating the schema right now: decide under the
+    # creation lock, which that process holds until its migration transaction has committed.
+    with _creation_lock(engine):
+        current = _check(engine)
+        if current == "" and not readonly:
+            run_alembic(engine, "upgrade", "head")
+            current = None
+    if current is None:
+        return
+    if current == _FOREIGN:
+        raise SchemaVersionError(
+            f"{_describe(url, store)} has an xpersist_sql table but no {VERSION_TABLE!r} "
+            "table; it was not created by xpersist_sql's migrations. Point the store at "
+            "another database, or stamp it with Alembic."
+        )
     head = head_revision()
     script = ScriptDirectory.from_config(alembic_config())
     try:
