@@ -152,7 +152,10 @@ class _Call:
                 exc,
             )
             return False, None
-        _logger().info("loaded from cache at %s", self.location)
+        if not self.context.in_task_run:
+            # Inside a task run Prefect itself logs the final state, whose message says where
+            # the value was loaded from; a second log record would cost ~2 ms per hit.
+            _MODULE_LOGGER.info("loaded from cache at %s", self.location)
         return True, value
 
     def save(self, value: Any) -> None:
