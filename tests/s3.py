@@ -14,6 +14,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -52,12 +53,15 @@ def start_moto_server() -> tuple[subprocess.Popen[bytes], str]:
     for _ in range(3):  # the free port may be taken between the probe and the bind
         port = _free_port()
         url = f"http://127.0.0.1:{port}"
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+        # The server logs every request: into a file, never into a pipe nobody reads (a full
+        # pipe would block the server in the middle of a request).
+        with tempfile.TemporaryFile() as log:  # the child keeps its own descriptor
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline and proc.poll() is None:
             if _answers(url):
@@ -65,8 +69,8 @@ def start_moto_server() -> tuple[subprocess.Popen[bytes], str]:
             time.sleep(0.1)
         if proc.poll() is None:
             proc.kill()
-        _, stderr = proc.communicate(timeout=10)
-        last_error = stderr.decode(errors="replace")[-2000:]
+        proc.wait(timeout=10)
+        last_error = f"exit code {proc.returncode}"
     raise RuntimeError(f"the moto server did not start: {last_error}")
 
 

@@ -44,6 +44,7 @@ DATABASE_URL_ENV = "XPERSIST_SQL_DATABASE_URL"
 INDEX_FILENAME = "index.sqlite"
 
 TTL = timedelta | int | float
+_MAX_SETTLE_ROUNDS = 20
 
 
 def _default_path() -> str:
@@ -357,9 +358,13 @@ class CacheStore:
             )
             with index.write() as conn:
                 artifact_id = index.insert_if_absent(conn, artifact)
-                if artifact_id is None:
+                while artifact_id is None:
                     found = index.fetch(conn, key, for_update=True)
-                    assert found is not None
+                    if found is None:
+                        # PostgreSQL: a concurrent delete committed between our conflicting
+                        # insert and this read; the key is free again, insert once more.
+                        artifact_id = index.insert_if_absent(conn, artifact)
+                        continue
                     artifact_id, existing = found
                     if policy is not DuplicateKeyEnum.overwrite and not existing.is_expired():
                         return self._on_existing(key, existing, digest, policy)
@@ -451,9 +456,13 @@ class CacheStore:
             The serializer could not read the payload (the message compares library versions).
         """
         key = validate_key(key, store=self.path)
-        settled = False
+        settled_for: Artifact | None = None  # the row last waited out / repaired
+        rounds = 0
         while True:
             artifact = self.get_artifact(key)
+            # Give up only when settling changed nothing: the same row still lacks its payload.
+            # A different row means other writers are making progress: wait them out again.
+            settled = artifact == settled_for or rounds >= _MAX_SETTLE_ROUNDS
             ser = get_serializer(serializer or artifact.serializer)
             ser.check_requirements()
             if self._storage.exists(key):
@@ -475,7 +484,8 @@ class CacheStore:
                     " and compute the value again"
                 )
             self._settle(key)
-            settled = True
+            settled_for = artifact
+            rounds += 1
 
     def _payload_matches(self, artifact: Artifact) -> bool:
         """Whether the payload at the artifact's key is the one its row describes."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sqlite3
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -88,6 +90,25 @@ def network_filesystem_type(path: Path, mounts: str | None = None) -> str | None
     return None
 
 
+def _enable_wal(cursor: Any) -> None:
+    """Switch the database to WAL, waiting out other connections as busy_timeout would.
+
+    Changing the journal mode of a brand-new database that another process is creating fails
+    at once with "database is locked": SQLite does not call the busy handler for it.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    delay = 0.005
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() >= deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
 def _sqlite_engine(url: URL) -> Engine:
     db_file = sqlite_path(url)
     if db_file is not None:
@@ -116,7 +137,7 @@ def _sqlite_engine(url: URL) -> Engine:
         try:
             cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
             if db_file is not None:
-                cursor.execute("PRAGMA journal_mode = WAL")
+                _enable_wal(cursor)
                 cursor.execute("PRAGMA synchronous = NORMAL")
             cursor.execute("PRAGMA foreign_keys = ON")
         finally:
