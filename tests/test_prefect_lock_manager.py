@@ -18,7 +18,7 @@ from prefect.results import ResultStore
 from prefect.transactions import IsolationLevel, transaction
 
 from xpersist_sql import CacheStore
-from xpersist_sql.prefect._lock_manager import StoreLockManager
+from xpersist_sql.prefect import StoreLockManager
 
 MakeStore = Callable[..., CacheStore]
 N_WORKERS = 6

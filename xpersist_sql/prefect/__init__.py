@@ -6,6 +6,7 @@ This subpackage is the only part of xpersist_sql that imports prefect.
 """
 
 from ._context import TEMPLATE_NAMES, RunContext, TargetTemplateError, render_target
+from ._lock_manager import StoreLockManager
 from ._result import XpersistResult
 from ._task import CACHED_STATE_NAME, REFRESH_ENV, XpersistTask, refresh_requested, xpersist_task
 
@@ -14,6 +15,7 @@ __all__ = [
     "REFRESH_ENV",
     "TEMPLATE_NAMES",
     "RunContext",
+    "StoreLockManager",
     "TargetTemplateError",
     "XpersistResult",
     "XpersistTask",

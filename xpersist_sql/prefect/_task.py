@@ -28,6 +28,7 @@ from prefect.states import Completed
 from typing_extensions import ParamSpec
 
 from ..errors import ArtifactNotFoundError, PayloadLoadError, PayloadMissingError
+from ..locks import KeyLock
 from ..storage import validate_key
 from ..store import CacheStore
 from ._context import RunContext, Target, render_target
@@ -97,6 +98,7 @@ class _Spec:
     load_kwargs: dict[str, Any] = field(default_factory=dict)
     refresh: bool = False
     ttl: timedelta | float | None = None
+    serializable: bool = False
 
     @property
     def store(self) -> CacheStore:
@@ -181,6 +183,10 @@ class _Call:
         )
         _logger().info("stored result at %s", self.location)
 
+    def lock(self) -> KeyLock | None:
+        """Return the store's (unacquired) lock on the key for ``SERIALIZABLE`` tasks, or None."""
+        return self.spec.store.key_lock(self.key) if self.spec.serializable else None
+
     def hit(self, value: Any) -> Any:
         """Return what the wrapper returns on a hit: a ``Cached`` state inside a task run."""
         if not self.context.in_task_run:
@@ -198,10 +204,22 @@ def _sync_wrapper(spec: _Spec) -> Callable[..., Any]:
         found, value = call.lookup()
         if found:
             return call.hit(value)
-        value = fn(*args, **kwargs)
-        if not isinstance(value, State):
-            call.save(value)
-        return value
+        lock = call.lock()
+        if lock is not None:
+            lock.acquire()
+        try:
+            if lock is not None:
+                # another run may have stored the value while this one waited for the lock
+                found, value = call.lookup()
+                if found:
+                    return call.hit(value)
+            value = fn(*args, **kwargs)
+            if not isinstance(value, State):
+                call.save(value)
+            return value
+        finally:
+            if lock is not None:
+                lock.release()
 
     return wrapper
 
@@ -215,10 +233,21 @@ def _async_wrapper(spec: _Spec) -> Callable[..., Coroutine[Any, Any, Any]]:
         found, value = await asyncio.to_thread(call.lookup)
         if found:
             return call.hit(value)
-        value = await fn(*args, **kwargs)
-        if not isinstance(value, State):
-            await asyncio.to_thread(call.save, value)
-        return value
+        lock = call.lock()
+        if lock is not None:
+            await asyncio.to_thread(lock.acquire)
+        try:
+            if lock is not None:
+                found, value = await asyncio.to_thread(call.lookup)
+                if found:
+                    return call.hit(value)
+            value = await fn(*args, **kwargs)
+            if not isinstance(value, State):
+                await asyncio.to_thread(call.save, value)
+            return value
+        finally:
+            if lock is not None:
+                lock.release()
 
     return wrapper
 
@@ -283,6 +312,7 @@ def xpersist_task(
     load_kwargs: dict[str, Any] | None = None,
     refresh: bool = False,
     ttl: timedelta | float | None = None,
+    isolation_level: str | None = None,
     **task_options: Any,
 ) -> XpersistTask[P, R]: ...
 
@@ -299,6 +329,7 @@ def xpersist_task(
     load_kwargs: dict[str, Any] | None = None,
     refresh: bool = False,
     ttl: timedelta | float | None = None,
+    isolation_level: str | None = None,
     **task_options: Any,
 ) -> Callable[[Callable[P, R]], XpersistTask[P, R]]: ...
 
@@ -314,6 +345,7 @@ def xpersist_task(
     load_kwargs: dict[str, Any] | None = None,
     refresh: bool = False,
     ttl: timedelta | float | None = None,
+    isolation_level: str | None = None,
     **task_options: Any,
 ) -> XpersistTask[P, R] | Callable[[Callable[P, R]], XpersistTask[P, R]]:
     """Make a Prefect task whose value is cached in a :class:`~xpersist_sql.CacheStore`.
@@ -345,6 +377,11 @@ def xpersist_task(
         the environment variable ``XPERSIST_SQL_REFRESH=1``).
     ttl : timedelta or float, optional
         Time to live (seconds) of the stored value; an expired value is a miss.
+    isolation_level : {"READ_COMMITTED", "SERIALIZABLE"}, optional
+        ``"SERIALIZABLE"`` (or ``prefect.transactions.IsolationLevel.SERIALIZABLE``): on a miss,
+        take the store's lock on the key (:meth:`CacheStore.lock`, shared by every process and
+        machine using the index), look again, and only then compute: concurrent runs compute a
+        missing target once, the others wait and load it. Hits never take the lock.
     **task_options
         Any option of :func:`prefect.task` (``name``, ``tags``, ``retries``,
         ``task_run_name``...), except those that would cache or persist the value a second time.
@@ -395,6 +432,11 @@ def xpersist_task(
     if not (isinstance(target, str) or callable(target)):
         raise TypeError(f"target must be a str or a callable, got {type(target).__name__}")
     _check_options(task_options)
+    level = str(getattr(isolation_level, "value", isolation_level or "READ_COMMITTED")).upper()
+    if level not in ("READ_COMMITTED", "SERIALIZABLE"):
+        raise ValueError(
+            f"isolation_level must be 'READ_COMMITTED' or 'SERIALIZABLE', got {isolation_level!r}"
+        )
     options: dict[str, Any] = {
         **task_options,
         "cache_policy": NO_CACHE,
@@ -422,6 +464,7 @@ def xpersist_task(
             ),
             refresh=bool(refresh),
             ttl=ttl,
+            serializable=level == "SERIALIZABLE",
         )
         wrapper = _async_wrapper(spec) if inspect.iscoroutinefunction(body) else _sync_wrapper(spec)
         return XpersistTask(fn=cast(Callable[P, R], wrapper), **options)
