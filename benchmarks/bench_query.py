@@ -32,7 +32,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from xpersist_sql import CacheStore
+from xpersist_sql import Artifact, CacheStore
 
 FLOWS = [f"flow-{i:02d}" for i in range(20)]
 TASKS = [f"task_{i:02d}" for i in range(50)]
@@ -178,7 +178,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
         since = END - timedelta(days=30)
         flow = FLOWS[3]
         now = _sqlite_time(datetime.now(timezone.utc))
-        cases = [
+        cases: list[tuple[str, Callable[[], list[Artifact]], Callable[[], list[Any]]]] = [
             (
                 f"flow_name+since+limit=100 (n={n:,})",
                 lambda: store.query(flow_name=flow, since=since, limit=100),
@@ -197,8 +197,8 @@ def run(quick: bool) -> list[dict[str, Any]]:
         ]
         results = []
         for case, ours, baseline in cases:
-            expected = [row[1] for row in baseline()]  # type: ignore[attr-defined]
-            assert [a.key for a in ours()] == expected, case  # type: ignore[attr-defined]
+            expected = [row[1] for row in baseline()]
+            assert [a.key for a in ours()] == expected, case
             base = _time(baseline, repeats)
             mine = _time(ours, repeats)
             results.append(_row(f"raw sqlite3: {case}", base, None))

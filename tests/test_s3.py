@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ def index_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> s
 @pytest.fixture
 def s3_store(
     s3_bucket: str, s3_storage_options: dict[str, Any], index_url: str
-) -> Callable[..., CacheStore]:
+) -> Iterator[Callable[..., CacheStore]]:
     """Factory of stores on ``s3://<bucket>/cache`` sharing one index."""
     created: list[CacheStore] = []
 
@@ -56,7 +56,7 @@ def s3_store(
         created.append(store)
         return store
 
-    yield make  # type: ignore[misc]
+    yield make
     for store in created:
         store.close()
 

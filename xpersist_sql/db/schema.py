@@ -12,6 +12,7 @@ the wheel as ``xpersist_sql/_migrations``). Opening a store checks the database'
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -71,8 +72,9 @@ def alembic_config(connection: Connection | None = None, url: str | None = None)
     return config
 
 
+@functools.lru_cache(maxsize=1)
 def head_revision() -> str:
-    """Return the head revision id of the packaged migrations."""
+    """Return the head revision id of the packaged migrations (read once per process)."""
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     assert head is not None
     return head
