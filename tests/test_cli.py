@@ -16,9 +16,10 @@ from typer.testing import CliRunner
 
 from xpersist_sql import CacheStore
 from xpersist_sql.cli import app
-from xpersist_sql.db.engine import create_index_engine
+from xpersist_sql.db.engine import create_index_engine, redact_url
 from xpersist_sql.db.schema import current_revision, head_revision, run_alembic
 from xpersist_sql.db.tables import ARTIFACTS, TAGS
+from xpersist_sql.marker import HIDDEN_DIR, MARKER_NAME
 
 T0 = datetime(2021, 12, 14, 8, 0, tzinfo=timezone.utc)
 ENV_VARS = ("XPERSIST_SQL_STORE", "XPERSIST_SQL_DATABASE_URL")
@@ -77,7 +78,8 @@ def invoke(runner: CliRunner, *args: str, input: str | None = None) -> Any:
 
 
 def assert_user_error(result: Any, *fragments: str) -> None:
-    assert result.exit_code == 1, (result.stdout, result.stderr)
+    """A usage or runtime error: exit status 2 and one line on stderr, no traceback."""
+    assert result.exit_code == 2, (result.stdout, result.stderr)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert "Traceback" not in result.stdout + result.stderr
@@ -176,6 +178,11 @@ def test_store_from_the_environment(runner: CliRunner, store: CacheStore) -> Non
         (["ls", "--db", "not a url"], ["database:", "URL"]),
         (["db", "downgrade", "zzz"], ["Can't locate revision identified by 'zzz'"]),
         (["db", "upgrade", "nope"], ["Can't locate revision identified by 'nope'"]),
+        (["gc", "--older-than", "soon"], ["cannot read 'soon' as a duration", "'PT12H'"]),
+        (["gc", "--older-than", "-5m"], ["a duration must not be negative, got '-5m'"]),
+        (["gc", "--older-than", "1000000000d"], ["'1000000000d' is too large"]),
+        (["evict", "--max-size", "lots"], ["cannot read 'lots' as a size"]),
+        (["evict", "--max-size", "0"], ["a size must be positive"]),
     ],
 )
 def test_user_errors_are_one_line(
@@ -223,7 +230,7 @@ def test_rm_keys(runner: CliRunner, store: CacheStore) -> None:
 
 def test_rm_missing_key_fails_but_deletes_the_others(runner: CliRunner, store: CacheStore) -> None:
     result = invoke(runner, "rm", "nope.json", "other.pkl", *where(store))
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # a runtime error, after deleting what could be deleted
     assert "key 'nope.json' not found" in result.stderr
     assert "Traceback" not in result.stderr
     assert "other.pkl" not in store
@@ -231,7 +238,8 @@ def test_rm_missing_key_fails_but_deletes_the_others(runner: CliRunner, store: C
 
 def test_rm_by_filter_asks_first(runner: CliRunner, store: CacheStore) -> None:
     result = invoke(runner, "rm", "--flow", "flow-a", *where(store), input="n\n")
-    assert result.exit_code == 1
+    assert result.exit_code == 1  # declined: nothing done, nothing failed
+    assert "nothing deleted" in result.stderr
     assert "Delete these 2 artifacts" in result.stderr
     assert "runs/a1.json" in result.stdout and "runs/a2.json" in result.stdout
     assert len(store) == 4
@@ -285,47 +293,120 @@ def test_stats(runner: CliRunner, store: CacheStore) -> None:
 
 
 # -- db --------------------------------------------------------------------------------------
-def test_db_commands_on_an_old_index(
-    runner: CliRunner, tmp_path: Path, database_url: str | None
-) -> None:
-    path = tmp_path / "old"
-    opts = ["--store", str(path)] + (["--db", database_url] if database_url else [])
-    result = invoke(runner, "db", "upgrade", "0001", *opts)
+def test_db_commands_on_an_old_index(runner: CliRunner, store: CacheStore) -> None:
+    opts = where(store)
+    store.close()
+    result = invoke(runner, "db", "downgrade", "0001", *opts)
     assert result.exit_code == 0, result.stderr
-    assert "from an empty database to 0001" in result.stdout
+    assert f"from {head_revision()} to 0001" in result.stdout
 
     assert_user_error(invoke(runner, "ls", *opts), "'0001'", "xpersist-sql db upgrade")
     current = invoke(runner, "db", "current", *opts)
-    assert current.exit_code == 0
+    assert current.exit_code == 0, current.stderr
     assert current.stdout.startswith("0001 (") and "db upgrade" in current.stdout
 
     history = invoke(runner, "db", "history", *opts)
-    assert history.exit_code == 0
+    assert history.exit_code == 0, history.stderr
     assert "<base> -> 0001 (current): Create the artifacts table." in history.stdout
     assert f"-> {head_revision()} (head)" in history.stdout
 
     result = invoke(runner, "db", "upgrade", *opts)
-    assert result.exit_code == 0
+    assert result.exit_code == 0, result.stderr
     assert f"from 0001 to {head_revision()}" in result.stdout
     assert invoke(runner, "db", "current", *opts).stdout.strip() == f"{head_revision()} (head)"
     assert "is already at revision" in invoke(runner, "db", "upgrade", *opts).stdout
-    assert invoke(runner, "ls", "--json", *opts).stdout.strip() == "[]"
+    assert len(listed(invoke(runner, "ls", "--json", *opts))) == 4
 
     result = invoke(runner, "db", "downgrade", "-1", *opts)
     assert result.exit_code == 0, result.stderr
-    engine = create_index_engine(database_url or f"sqlite:///{path}/.xpersist_sql/index.sqlite")
+    engine = create_index_engine(store.database_url)
     with engine.connect() as conn:
         assert current_revision(conn) not in (None, head_revision())
+    engine.dispose()
     result = invoke(runner, "db", "downgrade", "base", *opts)
     assert "to base (no schema)" in result.stdout
     assert_user_error(invoke(runner, "db", "downgrade", "base", *opts), "no xpersist_sql schema")
-    engine.dispose()
 
 
-def test_db_current_of_an_empty_database(runner: CliRunner, tmp_path: Path) -> None:
-    result = invoke(runner, "db", "current", "--store", str(tmp_path / "new"))
-    assert result.exit_code == 0
+def test_db_upgrade_of_a_store_from_before_store_markers(
+    runner: CliRunner, store: CacheStore
+) -> None:
+    """An index at 0003 has a store without a marker: ``db upgrade --store --db`` takes it."""
+    opts = ["--store", store.path, "--db", store.database_url]
+    store.close()
+    assert invoke(runner, "db", "downgrade", "0003", *opts).exit_code == 0
+    (Path(store.path) / HIDDEN_DIR / MARKER_NAME).unlink()
+    # (the store itself refuses to open, naming the remedy)
+    assert_user_error(invoke(runner, "ls", *opts), "xpersist-sql db upgrade --store")
+
+    current = invoke(runner, "db", "current", *opts)
+    assert current.exit_code == 0, current.stderr
+    assert current.stdout.startswith("0003 (")
+    result = invoke(runner, "db", "upgrade", *opts)
+    assert result.exit_code == 0, result.stderr
+    assert f"from 0003 to {head_revision()}" in result.stdout
+    assert (Path(store.path) / HIDDEN_DIR / MARKER_NAME).exists()
+    assert len(listed(invoke(runner, "ls", "--json", *opts))) == 4
+
+    typo = ["--store", store.path + "-typo", "--db", store.database_url]
+    for command in (["current"], ["upgrade"], ["history"], ["downgrade", "-1"]):
+        assert_user_error(invoke(runner, "db", *command, *typo), "no xpersist_sql store at")
+    assert not Path(store.path + "-typo").exists()
+
+
+def test_db_upgrade_of_an_empty_database(runner: CliRunner, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/bare.sqlite"
+    result = invoke(runner, "db", "current", "--db", url)
+    assert result.exit_code == 0, result.stderr
     assert "no xpersist_sql schema" in result.stdout
+    assert not (tmp_path / "bare.sqlite").exists()  # reading creates nothing
+
+    result = invoke(runner, "db", "upgrade", "0001", "--db", url)
+    assert result.exit_code == 0, result.stderr
+    assert "from an empty database to 0001" in result.stdout
+    assert invoke(runner, "db", "current", "--db", url).stdout.startswith("0001 (")
+
+
+def test_db_commands_json(runner: CliRunner, store: CacheStore) -> None:
+    opts = where(store)
+    store.close()
+    head = head_revision()
+    current = invoke(runner, "db", "current", "--json", *opts)
+    assert current.exit_code == 0, current.stderr
+    url = json.loads(current.stdout)["url"]
+    assert json.loads(current.stdout) == {"url": url, "current": head, "head": head}
+    assert url == redact_url(store.database_url)
+
+    down = invoke(runner, "db", "downgrade", "0001", "--json", *opts)
+    assert down.exit_code == 0, down.stderr
+    assert json.loads(down.stdout) == {"url": url, "before": head, "after": "0001"}
+    up = invoke(runner, "db", "upgrade", "--json", *opts)
+    assert up.exit_code == 0, up.stderr
+    assert json.loads(up.stdout) == {"url": url, "before": "0001", "after": head}
+    again = json.loads(invoke(runner, "db", "upgrade", "--json", *opts).stdout)
+    assert again == {"url": url, "before": head, "after": head}
+
+    history = json.loads(invoke(runner, "db", "history", "--json", *opts).stdout)
+    assert history[0] == {**history[0], "revision": head, "head": True, "current": True}
+    assert history[-1] == {
+        "revision": "0001",
+        "down_revision": None,
+        "head": False,
+        "current": False,
+        "message": "Create the artifacts table.",
+    }
+
+
+def test_db_errors_never_show_the_password(runner: CliRunner) -> None:
+    result = invoke(runner, "db", "current", "--db", "postgresql+psycopg://u:s3cret@127.0.0.1:1/x")
+    assert_user_error(result, "database:")
+    assert "s3cret" not in result.stdout + result.stderr
+
+
+def test_db_current_of_a_path_that_is_not_a_store(runner: CliRunner, tmp_path: Path) -> None:
+    result = invoke(runner, "db", "current", "--store", str(tmp_path / "new"))
+    assert_user_error(result, "no xpersist_sql store at")
+    assert not (tmp_path / "new").exists()
 
 
 def test_db_history_without_a_store(runner: CliRunner) -> None:
@@ -363,14 +444,20 @@ def test_db_upgrade_keeps_rows(runner: CliRunner, store: CacheStore) -> None:
         ["db", "downgrade"],
         ["db", "current"],
         ["db", "history"],
+        ["gc"],
+        ["verify"],
+        ["evict"],
+        ["import-legacy"],
     ],
 )
 def test_help_everywhere(runner: CliRunner, command: list[str]) -> None:
     result = invoke(runner, *command, "--help")
     assert result.exit_code == 0
     assert result.stdout.startswith("Usage: ")
-    if command and command != ["db"]:
+    if command and command not in (["db"], ["import-legacy"]):
         assert "--store" in result.stdout and "--db" in result.stdout
+    if command not in ([], ["db"]):
+        assert "--json" in result.stdout
 
 
 def test_no_command_shows_help(runner: CliRunner) -> None:
@@ -398,7 +485,7 @@ def test_python_m_xpersist_sql(store: CacheStore, tmp_path: Path) -> None:
     assert [a["key"] for a in json.loads(result.stdout)] == ["runs/b1.json"]
 
     result = run("ls", "--since", "yesterday-ish", *where(store), cwd=tmp_path)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr.startswith("error: since='yesterday-ish'")
     assert len(result.stderr.strip().splitlines()) == 1
 
@@ -416,3 +503,144 @@ def test_console_script(store: CacheStore, tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert store.keys() == ["other.pkl"]
+
+
+# -- every command ---------------------------------------------------------------------------
+def test_version(runner: CliRunner) -> None:
+    from xpersist_sql import __version__
+
+    result = invoke(runner, "--version")
+    assert result.exit_code == 0
+    assert result.stdout == f"xpersist-sql {__version__}\n"
+
+
+READING_COMMANDS = [
+    ["ls"],
+    ["query", "--json"],
+    ["show", "a.json"],
+    ["stats"],
+    ["rm", "a.json"],
+    ["rm", "--key", "*", "--yes"],
+    ["gc"],
+    ["gc", "--dry-run"],
+    ["verify"],
+    ["verify", "--repair", "--yes"],
+    ["evict", "--max-size", "1GB"],
+    ["db", "current"],
+    ["db", "history"],
+    ["db", "upgrade"],
+    ["db", "downgrade", "-1"],
+]
+
+
+@pytest.mark.parametrize("command", READING_COMMANDS, ids=" ".join)
+def test_no_command_creates_a_store_on_a_mistyped_path(
+    runner: CliRunner, tmp_path: Path, command: list[str]
+) -> None:
+    store = CacheStore(tmp_path / "store")
+    store.put("a.json", 1, serializer="json")
+    store.close()
+    result = invoke(runner, *command, "--store", str(tmp_path / "stroe"))
+    assert_user_error(result, "no xpersist_sql store at", "stroe")
+    assert not (tmp_path / "stroe").exists()
+
+    (tmp_path / "empty").mkdir()
+    result = invoke(runner, *command, "--store", str(tmp_path / "empty"))
+    assert_user_error(result, "no xpersist_sql store at")
+    assert list((tmp_path / "empty").iterdir()) == []
+
+
+def test_sizes_are_decimal_everywhere(runner: CliRunner, tmp_path: Path) -> None:
+    store = CacheStore(tmp_path / "s")
+    store.put("big.json", "x" * 1498, serializer="json")  # 1500 bytes with the quotes
+    store.put("small.json", 1, serializer="json")
+    store.close()
+    opts = ["--store", str(tmp_path / "s")]
+    table = invoke(runner, "ls", *opts)
+    assert table.exit_code == 0, table.stderr
+    big = next(line for line in table.stdout.splitlines() if line.startswith("big.json"))
+    assert " 1.5 kB " in big and "KiB" not in table.stdout
+    small = next(line for line in table.stdout.splitlines() if line.startswith("small.json"))
+    assert " 1 B " in small
+
+    show = invoke(runner, "show", "big.json", *opts)
+    assert "1500 (1.5 kB)" in show.stdout
+    stats = invoke(runner, "stats", *opts)
+    assert stats.stdout.startswith("2 artifacts, 1.5 kB")
+    rm = invoke(runner, "rm", "big.json", "small.json", "--dry-run", *opts)
+    assert "would delete 2 of 2 artifacts (1.5 kB)" in rm.stderr
+
+
+@pytest.mark.parametrize("older_than", ["30", "30s", "30m", "12 h", "P7D", "PT1H", "0"])
+def test_gc_reads_every_duration_form(
+    runner: CliRunner, store: CacheStore, older_than: str
+) -> None:
+    result = invoke(runner, "gc", "--dry-run", "--older-than", older_than, *where(store))
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr.startswith("would remove 0 items (0 B)")
+
+
+def test_rm_json(runner: CliRunner, store: CacheStore) -> None:
+    sizes = {a.key: a.size_bytes or 0 for a in store.query()}
+    dry = invoke(runner, "rm", "runs/a1.json", "--dry-run", "--json", *where(store))
+    assert dry.exit_code == 0, dry.stderr
+    assert json.loads(dry.stdout) == {
+        "dry_run": True,
+        "deleted": ["runs/a1.json"],
+        "freed_bytes": sizes["runs/a1.json"],
+        "failures": [],
+    }
+    assert len(store) == 4
+
+    result = invoke(runner, "rm", "runs/a1.json", "nope.json", "--json", *where(store))
+    assert result.exit_code == 2
+    report = json.loads(result.stdout)
+    assert report["deleted"] == ["runs/a1.json"]
+    assert report["freed_bytes"] == sizes["runs/a1.json"]
+    assert [failure["key"] for failure in report["failures"]] == ["nope.json"]
+    assert "key 'nope.json' not found" in report["failures"][0]["error"]
+    assert "runs/a1.json" not in store
+
+    # by filter: the table and the question go to stderr, stdout stays JSON
+    asked = invoke(runner, "rm", "--flow", "flow-a", "--json", *where(store), input="y\n")
+    assert asked.exit_code == 0, asked.stderr
+    # (CliRunner echoes the typed answer on its stdout; a terminal would not)
+    assert json.loads(asked.stdout[asked.stdout.index("{") :])["deleted"] == ["runs/a2.json"]
+    assert "Delete these 1 artifacts" in asked.stderr and "runs/a2.json" in asked.stderr
+
+    none = invoke(runner, "rm", "--tag", "none-such", "--json", "--yes", *where(store))
+    assert none.exit_code == 0
+    assert json.loads(none.stdout) == {
+        "dry_run": False,
+        "deleted": [],
+        "freed_bytes": 0,
+        "failures": [],
+    }
+
+
+def test_an_unexpected_error_exits_with_status_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import xpersist_sql.cli as cli
+
+    def broken(**kwargs: Any) -> None:
+        raise LookupError("a bug")
+
+    monkeypatch.setattr(cli, "app", broken)
+    with pytest.raises(SystemExit) as exited:
+        cli.main()
+    assert exited.value.code == 2
+    assert "LookupError: a bug" in capsys.readouterr().err
+
+
+def test_command_modules_do_not_import_each_other() -> None:
+    import ast
+
+    package = Path(__file__).resolve().parent.parent / "xpersist_sql" / "cli"
+    commands = {"query", "rm", "maintenance", "db"}
+    for module in commands:
+        tree = ast.parse((package / f"{module}.py").read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                imported = {node.module} if node.module else {a.name for a in node.names}
+                assert imported <= {"_app", "_common"}, (module, imported)

@@ -24,7 +24,6 @@ import xarray as xr
 
 from xpersist_sql import ArtifactNotFoundError, CacheStore
 from xpersist_sql import storage as storage_module
-from xpersist_sql.lifecycle import gc
 from xpersist_sql.storage import HIDDEN_DIR, PayloadStorage
 
 MakeStore = Callable[..., CacheStore]
@@ -73,8 +72,8 @@ def _inject(step: str) -> None:
             return done
 
         storage_module.exchange_paths = exchange_then_die  # type: ignore[assignment]
-    elif step in ("after-publish", "after-move-to-trash"):
-        name = "publish" if step == "after-publish" else "move_to_trash"
+    elif step in ("after-publish", "after-take"):
+        name = "publish" if step == "after-publish" else "take"
         original_method = getattr(PayloadStorage, name)
 
         def method_then_die(self: PayloadStorage, *args: Any) -> Any:
@@ -96,7 +95,7 @@ def _writer(store: CacheStore, version: int, step: str | None, ready: Any) -> No
     if step is not None:
         _inject(step)
     ready.send("go")
-    if step == "after-move-to-trash":
+    if step == "after-take":
         store.delete(KEY)
     else:
         put_big(store, KEY, version)
@@ -128,7 +127,7 @@ def check_raw_state(store: CacheStore, allowed: set[int]) -> None:
     """Without the store's repair: the row's payload is complete, at the key or moved away."""
     artifact = store.get_artifact(KEY)
     storage = store._storage
-    if store._payload_matches(artifact):
+    if store._backend.payload_matches(artifact):
         payload = storage.path(KEY)
     else:
         assert artifact.fingerprint is not None
@@ -147,7 +146,7 @@ def check_reader(store: CacheStore, old: int, new: int) -> int:
     assert got in (old, new)
     artifact = store.get_artifact(KEY)
     assert artifact.additional_metadata["version"] == got
-    assert store._payload_matches(artifact)  # row and payload agree again
+    assert store._backend.payload_matches(artifact)  # row and payload agree again
     return got
 
 
@@ -163,8 +162,8 @@ def leftovers(store: CacheStore) -> list[Path]:
 
 def reclaim(store: CacheStore) -> list[str]:
     """Reclaim the killed writers' leftovers with gc: ``dry_run`` lists exactly what it removes."""
-    planned = gc(store, older_than=0, dry_run=True)
-    removed = gc(store, older_than=0)
+    planned = store.gc(older_than=0, dry_run=True)
+    removed = store.gc(older_than=0)
     assert {(i.kind, i.path) for i in removed.items} == {(i.kind, i.path) for i in planned.items}
     assert removed.skipped == []
     return [item.path for item in removed.items]
@@ -225,7 +224,7 @@ def test_overwriting_writer_killed_at_each_publish_step(make_store: MakeStore, s
 def test_deleting_writer_killed_before_commit(make_store: MakeStore) -> None:
     store = make_store()
     put_big(store, KEY, 0)
-    run_writer(store, 0, step="after-move-to-trash")
+    run_writer(store, 0, step="after-take")
     # the row survived (the delete rolled back); a reader gets the whole value back
     assert check_reader(store, 0, 0) == 0
     store.delete(KEY)

@@ -20,21 +20,18 @@ import sqlalchemy as sa
 from xpersist_sql import CacheStore, ReadonlyStoreError
 from xpersist_sql.db.access import AccessLog
 from xpersist_sql.db.engine import create_index_engine
-from xpersist_sql.db.schema import current_revision, head_revision, run_alembic
+from xpersist_sql.db.schema import current_revision, head_revision, run_alembic, upgrade
 from xpersist_sql.db.tables import ARTIFACTS
-from xpersist_sql.lifecycle import (
-    evict,
-    format_size,
-    gc,
-    parse_duration,
-    parse_size,
-    repair_missing,
-    store_size,
-    verify,
-)
+from xpersist_sql.units import format_size, parse_duration, parse_size
 from xpersist_sql.storage import HIDDEN_DIR, key_tag
 
 MakeStore = Callable[..., CacheStore]
+
+
+def _store_size(store: CacheStore) -> tuple[int, int]:
+    """Total bytes and number of artifacts, expired ones included."""
+    rows = store.summarize("serializer", include_expired=True)
+    return sum(r.size_bytes for r in rows), sum(r.count for r in rows)
 
 
 def _value(nbytes: int) -> str:
@@ -72,7 +69,7 @@ def test_revision_0003_upgrade_and_downgrade_keep_rows(
     store.get("a.json")  # the first read of a process is recorded at once
     assert _last_access(store, "a.json") is not None
     store.close()
-    assert head_revision() == "0003"
+    assert head_revision() == "0004"
 
     engine = create_index_engine(_index_url(path, database_url))
     try:
@@ -89,7 +86,7 @@ def test_revision_0003_upgrade_and_downgrade_keep_rows(
         assert "ix_xpersist_artifacts_last_accessed_at" not in indexes
         assert [tuple(r) for r in rows] == [("a.json", "f"), ("b.json", None)]
 
-        run_alembic(engine, "upgrade", "head")
+        run_alembic(engine, "upgrade", "0003")
         with engine.connect() as conn:
             assert current_revision(conn) == "0003"
             inspector = sa.inspect(conn)
@@ -105,6 +102,8 @@ def test_revision_0003_upgrade_and_downgrade_keep_rows(
         assert [tuple(r) for r in accessed] == [(None,), (None,)]
     finally:
         engine.dispose()
+    # revision 0004 gives the rows to the store they belong to
+    upgrade(_index_url(path, database_url), "head", store_root=str(path))
 
     reopened = CacheStore(path, database_url=database_url)
     assert reopened.keys() == ["a.json", "b.json"]
@@ -206,7 +205,7 @@ def test_get_records_last_access_throttled_and_batched(make_store: MakeStore) ->
     assert _last_access(store, "a.json") == first
     store.get("b.json")  # batched: waits for the next flush
     assert _last_access(store, "b.json") is None
-    assert store._access.pending == 1
+    assert store._backend._access.pending == 1
     store.close()  # close() writes what is pending
     assert _last_access(store, "b.json") is not None
     assert _last_access(store, "c.json") is None
@@ -216,7 +215,7 @@ def test_access_log_flushes_after_interval_and_never_moves_back(make_store: Make
     store = make_store()
     store.put("a.json", 1, serializer="json")
     store.put("b.json", 2, serializer="json")
-    log = AccessLog(resolution=0.0, flush_interval=0.0)
+    log = AccessLog(store._rows().store_id, resolution=0.0, flush_interval=0.0)
     log.record("a.json", lambda: store.engine)
     stamp = _last_access(store, "a.json")
     assert stamp is not None
@@ -245,7 +244,7 @@ def test_max_size_evicts_least_recently_used(make_store: MakeStore) -> None:
     store.put("d.json", _value(1000), serializer="json")
     assert store.keys() == ["a.json", "c.json", "d.json"]
     assert not (Path(store.path) / "b.json").exists()
-    assert store_size(store) == (3000, 3)
+    assert _store_size(store) == (3000, 3)
 
 
 def test_max_size_evicts_expired_first_and_down_to_low_water(make_store: MakeStore) -> None:
@@ -257,7 +256,7 @@ def test_max_size_evicts_expired_first_and_down_to_low_water(make_store: MakeSto
     time.sleep(0.1)
     store.put("z.json", _value(1000), serializer="json")  # 5000 > 4500: down to 4050
     assert store.keys() == ["old.json", "x.json", "y.json", "z.json"]
-    assert store_size(store)[0] == 4000
+    assert _store_size(store)[0] == 4000
     assert store.query(include_expired=True, key="soon.json") == []
 
 
@@ -276,16 +275,16 @@ def test_evict_function_dry_run_and_keep(store: CacheStore) -> None:
         store.put(f"{name}.json", _value(1000), serializer="json")
         _set_last_access(store, f"{name}.json", now - timedelta(hours=10 - i))
 
-    preview = evict(store, "2.5kB", dry_run=True)
+    preview = store.evict("2.5kB", dry_run=True)
     assert [item.key for item in preview.evicted] == ["a.json", "b.json"]
     assert (preview.size_before, preview.size_after, preview.freed_bytes) == (4000, 2000, 2000)
     assert len(store) == 4
 
-    done = evict(store, 2500, keep={"a.json"})
+    done = store.evict(2500, keep={"a.json"})
     assert [item.key for item in done.evicted] == ["b.json", "c.json"]
     assert done.size_after == 2000
     assert store.keys() == ["a.json", "d.json"]
-    assert evict(store, 2500).evicted == []  # fits: nothing to do
+    assert store.evict(2500).evicted == []  # fits: nothing to do
 
 
 def test_evict_skips_an_artifact_rewritten_meanwhile(make_store: MakeStore) -> None:
@@ -300,7 +299,7 @@ def test_evict_skips_an_artifact_rewritten_meanwhile(make_store: MakeStore) -> N
         if done == 1000:  # after the first removal, another writer replaces b
             writer.put("b.json", _value(1000), serializer="json")
 
-    report = evict(store, 1500, progress=rewrite_b)
+    report = store.evict(1500, progress=rewrite_b)
     assert [item.key for item in report.evicted] == ["a.json"]
     assert "b.json" in store and store.get("b.json") == _value(1000)
     assert report.size_after == 2000
@@ -315,7 +314,7 @@ def test_evict_never_removes_what_is_committed_after_it_began(make_store: MakeSt
     def late_put(phase: str, done: int, total: int) -> None:
         writer.put(f"late-{done}.json", _value(1000), serializer="json")
 
-    evict(store, 10, progress=late_put)
+    store.evict(10, progress=late_put)
     assert store.keys() == ["late-1000.json", "late-2000.json"]
 
 
@@ -323,15 +322,15 @@ def test_readonly_store_refuses_evict_gc_repair(make_store: MakeStore) -> None:
     make_store().put("a.json", _value(1000), serializer="json")
     reader = make_store(readonly=True)
     for call in (
-        lambda: evict(reader, 10),
-        lambda: gc(reader),
-        lambda: repair_missing(reader, ["a.json"]),
+        lambda: reader.evict(10),
+        lambda: reader.gc(),
+        lambda: reader.repair(["a.json"]),
     ):
         with pytest.raises(ReadonlyStoreError, match="readonly") as info:
             call()
         assert reader.path in str(info.value)
-    assert [i.key for i in evict(reader, 10, dry_run=True).evicted] == ["a.json"]
-    assert gc(reader, dry_run=True).items == []
+    assert [i.key for i in reader.evict(10, dry_run=True).evicted] == ["a.json"]
+    assert reader.gc(dry_run=True).items == []
 
 
 # -- gc --------------------------------------------------------------------------------------------
@@ -363,7 +362,7 @@ def test_gc_removes_expired_orphans_and_leftovers(store: CacheStore) -> None:
     leftovers = _make_leftovers(root)
     time.sleep(0.05)
 
-    preview = gc(store, older_than=0, dry_run=True)
+    preview = store.gc(older_than=0, dry_run=True)
     found = {(item.kind, item.path): item.size_bytes for item in preview.items}
     assert found == {
         ("expired", "expired.json"): 300,
@@ -377,7 +376,7 @@ def test_gc_removes_expired_orphans_and_leftovers(store: CacheStore) -> None:
     assert all(path.exists() for path in leftovers.values())
     assert store.query(include_expired=True, key="expired.json") != []
 
-    report = gc(store, older_than=0)
+    report = store.gc(older_than=0)
     assert sorted((i.kind, i.path) for i in report.items) == sorted(found)
     assert report.count("orphan") == 3 and report.skipped == []
     assert not any(path.exists() for path in leftovers.values())
@@ -386,23 +385,26 @@ def test_gc_removes_expired_orphans_and_leftovers(store: CacheStore) -> None:
     assert legacy_sidecar.exists()  # the 2021 sidecars are not orphans
     assert sorted(store.keys()) == ["ds.zarr/part.json", "keep.json", "results/2024/kept.json"]
     assert store.get("results/2024/kept.json") == _value(100)
-    assert gc(store, older_than=0).items == []
+    assert store.gc(older_than=0).items == []
 
 
 def test_gc_grace_period_keeps_recent_files(store: CacheStore) -> None:
     root = Path(store.path)
+    store._rows(create=True)  # the directory is a store (gc refuses any other)
     leftovers = _make_leftovers(root)
-    report = gc(store)  # default grace: one hour
+    report = store.gc()  # default grace: one hour
     assert report.items == []
     assert all(path.exists() for path in leftovers.values())
 
-    # Status-change times cannot be set back, so "old" means written a few seconds ago here.
-    time.sleep(2.5)
+    # Status-change times cannot be set back: the clock given to gc moves forward instead.
+    time.sleep(0.05)
+    between = datetime.now(timezone.utc)
+    time.sleep(0.05)
     recent_staging = root / HIDDEN_DIR / "staging" / "recent-writer"
     recent_staging.mkdir()
     (recent_staging / "payload").write_text("still being written")
     (root / "recent.json").write_text("recent")
-    report = gc(store, older_than="2s")
+    report = store.gc(older_than="1h", now=between + timedelta(hours=1))
     assert {item.kind for item in report.items} == {"staging", "trash", "orphan"}
     assert not any(path.exists() for path in leftovers.values())
     assert (recent_staging / "payload").exists() and (root / "recent.json").exists()
@@ -412,6 +414,7 @@ def test_gc_never_removes_what_is_written_after_the_scan_started(make_store: Mak
     store = make_store()
     writer = make_store()
     root = Path(store.path)
+    store._rows(create=True)  # the directory is a store (gc refuses any other)
     (root / "old-orphan.json").write_text("old")
     time.sleep(0.02)
     written: list[str] = []
@@ -425,7 +428,7 @@ def test_gc_never_removes_what_is_written_after_the_scan_started(make_store: Mak
             writer.put("fresh.json", 1, serializer="json", ttl=0.001)
             written.append(phase)
 
-    report = gc(store, older_than=0, progress=write_during_scan)
+    report = store.gc(older_than=0, progress=write_during_scan)
     assert written
     assert [(i.kind, i.path) for i in report.items] == [("orphan", "old-orphan.json")]
     assert (root / "new-orphan.json").exists()
@@ -440,7 +443,7 @@ def test_gc_keeps_a_payload_a_killed_writer_moved_to_the_trash(store: CacheStore
     trash.parent.mkdir(parents=True, exist_ok=True)
     os.replace(root / "d.json", trash)  # killed between moving the payload away and committing
     time.sleep(0.02)
-    report = gc(store, older_than=0)
+    report = store.gc(older_than=0)
     assert [(i.kind, i.path) for i in report.skipped] == [
         ("trash", f"{HIDDEN_DIR}/trash/{trash.name}")
     ]
@@ -455,21 +458,21 @@ def test_verify_reports_missing_and_modified(store: CacheStore) -> None:
     store.put("gone.json", {"g": 1}, serializer="json")
     store.put("grown.json", {"x": 1}, serializer="json")
     store.put("dir.zarr/a.json", 1, serializer="json")
-    assert verify(store).ok
+    assert store.verify().ok
 
     (root / "gone.json").unlink()
     with open(root / "grown.json", "a") as f:
         f.write("   ")
-    report = verify(store)
+    report = store.verify()
     assert report.checked == 4 and not report.ok
     assert report.missing == ["gone.json"]
     assert report.damaged == ["grown.json"]
     problem = {p.key: p for p in report.problems}["grown.json"]
     assert problem.problem == "modified" and "bytes" in problem.detail
 
-    assert repair_missing(store, [*report.missing, "ok.json", "unknown.json"]) == ["gone.json"]
+    assert store.repair([*report.missing, "ok.json", "unknown.json"]) == ["gone.json"]
     assert "gone.json" not in store
-    assert verify(store).missing == []
+    assert store.verify().missing == []
     assert store.get("ok.json") == {"ok": 1}
 
 
@@ -483,7 +486,7 @@ def test_verify_checksums_decide(make_store: MakeStore) -> None:
     # same size, other content: only the checksum sees it
     content = (root / "flipped.json").read_bytes()
     (root / "flipped.json").write_bytes(content.replace(b"1", b"2"))
-    report = verify(store)
+    report = store.verify()
     assert [(p.key, p.problem) for p in report.problems] == [("flipped.json", "corrupt")]
     assert "checksum" in report.problems[0].detail
 
@@ -491,7 +494,7 @@ def test_verify_checksums_decide(make_store: MakeStore) -> None:
 def test_verify_after_legacy_style_removal_of_a_directory_payload(store: CacheStore) -> None:
     store.put("a/b.json", 1, serializer="json")
     shutil.rmtree(Path(store.path) / "a")
-    assert verify(store).missing == ["a/b.json"]
+    assert store.verify().missing == ["a/b.json"]
 
 
 # -- command line (real subprocesses) ------------------------------------------------------------
@@ -531,10 +534,11 @@ def test_cli_gc(store: CacheStore, database_url: str | None) -> None:
     assert store.keys() == ["keep.json"]
 
     bad = _cli("gc", "--store", store.path, "--older-than", "soon", database_url=database_url)
-    assert bad.returncode == 1
+    assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == [
-        "error: cannot read 'soon' as a duration; write seconds or a number with a unit s, m, "
-        "h, d or w: '30m', '12h', '7d'"
+        "error: cannot read 'soon' as a duration; write seconds ('30'), a number with a unit s, "
+        "m, h, d or w ('30s', '30m', '12h', '7d', '2w') or an ISO-8601 duration ('P7D', "
+        "'PT12H', 'P1W')"
     ]
 
 
@@ -591,7 +595,7 @@ def test_cli_evict(store: CacheStore, database_url: str | None) -> None:
     assert store.keys() == ["c.json"]
 
     bad = _cli("evict", "--store", store.path, "--max-size", "lots", database_url=database_url)
-    assert bad.returncode == 1
+    assert bad.returncode == 2
     assert bad.stderr.startswith("error: cannot read 'lots' as a size")
     missing = _cli("evict", "--store", store.path, database_url=database_url)
     assert missing.returncode != 0 and "--max-size" in missing.stderr
@@ -601,7 +605,7 @@ def test_a_failed_access_write_is_logged_not_raised(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'not-an-index.sqlite'}")
-    log = AccessLog()
+    log = AccessLog(1)
     log.record("a.json", lambda: engine)  # no artifacts table there: the write fails
     assert log.pending == 0
     assert "could not record the last access of 1 artifacts" in caplog.text
@@ -639,18 +643,18 @@ def test_eviction_and_gc_while_another_process_writes(
     )
     rounds = 0
     while writer.poll() is None or rounds < 3:
-        evict(store, 5000)
+        store.evict(5000)
         # a grace period shorter than the writer's life, longer than one of its puts
-        gc(store, older_than="2s")
+        store.gc(older_than="2s")
         rounds += 1
     out, err = writer.communicate(timeout=120)
     assert writer.returncode == 0, err
     assert out.strip() == "done"
     # every row has its intact payload, and no payload lies around without a row
-    report = verify(store)
+    report = store.verify()
     assert report.ok, report.problems
-    assert gc(store, older_than=0, dry_run=True).items == []
-    assert store_size(store)[0] <= 8000
+    assert store.gc(older_than=0, dry_run=True).items == []
+    assert _store_size(store)[0] <= 8000
 
 
 def test_access_write_gives_up_on_a_row_a_writer_holds(
@@ -660,8 +664,8 @@ def test_access_write_gives_up_on_a_row_a_writer_holds(
     store.put("a.json", 1, serializer="json")
     with store.engine.connect() as holder:
         holder.execute(sa.update(ARTIFACTS).values(size_bytes=2))  # row locked, not committed
-        store._access.record("a.json", lambda: store.engine)  # first read: written at once
-        assert store._access.pending == 0
+        store._backend._access.record("a.json", lambda: store.engine)  # first read: written at once
+        assert store._backend._access.pending == 0
         holder.rollback()
     assert "could not record the last access of 1 artifacts" in caplog.text
     assert "lock timeout" in caplog.text  # gave up instead of waiting for the writer

@@ -1,12 +1,17 @@
 """The real upgrade path of an index, on SQLite and PostgreSQL, and the migrations in the wheel.
 
 - an index created at revision 0001 with rows (written by SQL, as the version that made them did)
-  is upgraded to head: the promoted columns and tags are backfilled and queries find the rows;
-- downgrading to 0001 and upgrading again loses no row;
+  is upgraded to head with ``upgrade(url, store_root=...)`` (revision 0004 gives the old rows to
+  the store at that root): the promoted columns and tags are backfilled and queries find the rows;
+- downgrading to 0001 (before stores had an identity) and upgrading again loses no row, and the
+  rows come back to the same store (its marker stays);
 - Alembic's autogenerate finds no difference between the tables in ``db/tables.py`` and the
   schema the migrations build (also after a downgrade/upgrade cycle);
 - a wheel built from the repository carries the migrations and its ``xpersist-sql db`` finds
-  them inside the installed package.
+  them inside the installed package (down to 0001 and back up with ``--store``).
+
+Revision 0004 itself (no store given, several stores, concurrent upgrades) is covered in
+``test_store_identity_migration.py``.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
@@ -29,8 +35,15 @@ from alembic.runtime.migration import MigrationContext
 from xpersist_sql import CacheStore, SchemaVersionError
 from xpersist_sql.db.engine import create_index_engine
 from xpersist_sql.db.index import promoted_columns, tags_of
-from xpersist_sql.db.schema import VERSION_TABLE, current_revision, head_revision, run_alembic
-from xpersist_sql.db.tables import ARTIFACTS, METADATA, TAGS
+from xpersist_sql.db.schema import (
+    VERSION_TABLE,
+    current_revision,
+    head_revision,
+    run_alembic,
+    upgrade,
+)
+from xpersist_sql.db.tables import ARTIFACTS, METADATA, STORES, TAGS
+from xpersist_sql.marker import read_marker
 
 ROOT = Path(__file__).resolve().parent.parent
 T0 = datetime(2021, 12, 14, 8, 0, tzinfo=timezone.utc)
@@ -117,6 +130,24 @@ def snapshot(engine: sa.Engine) -> list[tuple[Any, ...]]:
         return [tuple(row) for row in conn.execute(sa.select(*columns).order_by(ARTIFACTS.c.id))]
 
 
+def store_uids(engine: sa.Engine) -> dict[str, set[str]]:
+    """The marker id of the store owning each row, by key."""
+    query = sa.select(ARTIFACTS.c.key, STORES.c.uid).join(
+        STORES, STORES.c.id == ARTIFACTS.c.store_id
+    )
+    with engine.connect() as conn:
+        owners: dict[str, set[str]] = {}
+        for key, uid in conn.execute(query):
+            owners.setdefault(key, set()).add(uid)
+        return owners
+
+
+def marker_uid(store_path: Path) -> str:
+    marker = read_marker(fsspec.filesystem("file"), str(store_path))
+    assert marker is not None, f"no marker in {store_path}"
+    return marker.store_id
+
+
 def schema_differences(engine: sa.Engine) -> list[Any]:
     with engine.connect() as conn:
         context = MigrationContext.configure(
@@ -129,13 +160,26 @@ def schema_differences(engine: sa.Engine) -> list[Any]:
 def test_upgrade_from_revision_1_backfills_and_queries(store_path: Path, index_url: str) -> None:
     engine = create_old_index(store_path, index_url)
     before = snapshot(engine)
-    with pytest.raises(SchemaVersionError, match="xpersist-sql db upgrade"):
-        open_store(store_path, index_url).keys()
+    old = open_store(store_path, index_url)
+    try:
+        if index_url.startswith("sqlite"):
+            # an embedded index of an older version marks a store: reading it says how to upgrade
+            with pytest.raises(SchemaVersionError, match="xpersist-sql db upgrade"):
+                old.keys()
+        # (a store with no marker whose index is elsewhere has no rows to read: only a write
+        # opens the index, and refuses it)
+        with pytest.raises(SchemaVersionError, match="xpersist-sql db upgrade"):
+            old.put("new.json", {"new": True}, serializer="json")
+    finally:
+        old.close()
+    assert not (store_path / "new.json").exists()
+    assert snapshot(engine) == before
 
-    run_alembic(engine, "upgrade", "head")
+    assert upgrade(index_url, "head", store_root=str(store_path)) == ("0001", head_revision())
     with engine.connect() as conn:
         assert current_revision(conn) == head_revision()
     assert snapshot(engine) == before
+    assert store_uids(engine) == {key: {marker_uid(store_path)} for key, _ in OLD_ROWS}
 
     store = open_store(store_path, index_url)
     try:
@@ -165,7 +209,7 @@ def test_upgrade_from_revision_1_backfills_and_queries(store_path: Path, index_u
 def test_backfill_matches_what_put_records(store_path: Path, index_url: str) -> None:
     """An upgraded row has the same promoted columns and tags as a new put would give it."""
     engine = create_old_index(store_path, index_url)
-    run_alembic(engine, "upgrade", "head")
+    upgrade(index_url, "head", store_root=str(store_path))
     promoted = [
         ARTIFACTS.c[name] for name in ("flow_name", "task_name", "flow_run_id", "task_run_id")
     ]
@@ -199,8 +243,10 @@ def test_downgrade_and_upgrade_again_lose_no_row(store_path: Path, index_url: st
         )
     queried = [a.model_dump() for a in store.query(tags=["t"])]
     store.close()
+    uid = marker_uid(store_path)
     engine = create_index_engine(index_url)
     before = snapshot(engine)
+    assert store_uids(engine) == {f"k{i}.json": {uid} for i in range(5)}
 
     run_alembic(engine, "downgrade", "0001")
     with engine.connect() as conn:
@@ -211,8 +257,20 @@ def test_downgrade_and_upgrade_again_lose_no_row(store_path: Path, index_url: st
         assert "flow_name" not in columns
     assert snapshot(engine) == before
 
-    run_alembic(engine, "upgrade", "head")
+    # rows written before 0004 (all of them, now) need their store: the marker stayed, so the
+    # upgrade gives them back to the same store id
+    assert upgrade(index_url, "head", store_root=str(store_path)) == ("0001", head_revision())
     assert snapshot(engine) == before
+    assert store_uids(engine) == {f"k{i}.json": {uid} for i in range(5)}
+    assert marker_uid(store_path) == uid
+    assert schema_differences(engine) == []
+
+    # and across the 0004 boundary alone, once more
+    run_alembic(engine, "downgrade", "0003")
+    assert snapshot(engine) == before
+    upgrade(index_url, "head", store_root=str(store_path))
+    assert snapshot(engine) == before
+    assert store_uids(engine) == {f"k{i}.json": {uid} for i in range(5)}
     assert schema_differences(engine) == []
     store = open_store(store_path, index_url)
     try:
@@ -293,24 +351,29 @@ def test_wheel_ships_the_migrations(tmp_path: Path) -> None:
     assert found[0].startswith(site), found
     assert Path(found[1]) == Path(site, "xpersist_sql", "_migrations"), found
 
+    # a store made by the installed package, taken down to 0001 (before stores had an identity)
+    # and back up by its `xpersist-sql db`: the rows come back to the store named by --store
     store = outside / "store"
     script = venv / "bin" / "xpersist-sql"
-    upgrade = subprocess.run(
-        [str(script), "db", "upgrade", "0001", "--store", str(store)],
-        cwd=outside, env=env, capture_output=True, text=True,
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(args, cwd=outside, env=env, capture_output=True, text=True)
+
+    made = run(
+        str(python), "-c", "import sys, xpersist_sql as x; "
+        "x.CacheStore(sys.argv[1]).put('a.json', {'a': 1}, serializer='json')", str(store),
     )  # fmt: skip
-    assert upgrade.returncode == 0, upgrade.stderr
-    current = subprocess.run(
-        [str(script), "db", "current", "--store", str(store)],
-        cwd=outside, env=env, capture_output=True, text=True, check=True,
-    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    downgrade = run(str(script), "db", "downgrade", "0001", "--store", str(store))
+    assert downgrade.returncode == 0, downgrade.stderr
+    current = run(str(script), "db", "current", "--store", str(store))
+    assert current.returncode == 0, current.stderr
     assert "0001" in current.stdout
-    subprocess.run(
-        [str(script), "db", "upgrade", "--store", str(store)],
-        cwd=outside, env=env, check=True, capture_output=True,
-    )  # fmt: skip
-    listing = subprocess.run(
-        [str(python), "-m", "xpersist_sql", "ls", "--json", "--store", str(store)],
-        cwd=outside, env=env, capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    assert json.loads(listing.stdout) == []
+    upgraded = run(str(script), "db", "upgrade", "--store", str(store))
+    assert upgraded.returncode == 0, upgraded.stderr
+    current = run(str(script), "db", "current", "--json", "--store", str(store))
+    assert current.returncode == 0, current.stderr
+    assert json.loads(current.stdout)["current"] == head_revision()
+    listing = run(str(python), "-m", "xpersist_sql", "ls", "--json", "--store", str(store))
+    assert listing.returncode == 0, listing.stderr
+    assert [artifact["key"] for artifact in json.loads(listing.stdout)] == ["a.json"]

@@ -15,7 +15,8 @@ import sqlalchemy as sa
 
 from xpersist_sql import Artifact, CacheStore
 from xpersist_sql.db.tables import ARTIFACTS, TAGS
-from xpersist_sql.query import build_select, glob_to_regex, parse_query, parse_time
+from xpersist_sql.db.queries import build_select
+from xpersist_sql.query import glob_to_regex, parse_query, parse_time
 
 UTC = timezone.utc
 T0 = datetime(2021, 12, 14, 8, 0, tzinfo=UTC)
@@ -403,14 +404,14 @@ def test_glob_to_regex() -> None:
 
 # -- query plans -----------------------------------------------------------------------------
 PLAN_CASES: list[tuple[dict[str, Any], str]] = [
-    ({"flow_name": "flow-a", "since": T0, "limit": 100}, "flow_name_created_at_id"),
-    ({"flow_name": "flow-a"}, "flow_name_created_at_id"),
-    ({"task_name": "get_data", "until": T0, "order": "oldest"}, "task_name_created_at_id"),
-    ({"serializer": "json", "since": T0}, "serializer_created_at_id"),
-    ({"flow_run_id": "run-flow-a"}, "flow_run_id"),
-    ({"task_run_id": "t1"}, "task_run_id"),
-    ({"since": T0, "until": T0 + timedelta(days=2)}, "created_at"),
-    ({"since": "7d", "limit": 10}, "created_at"),
+    ({"flow_name": "flow-a", "since": T0, "limit": 100}, "store_id_flow_name_created_at_id"),
+    ({"flow_name": "flow-a"}, "store_id_flow_name_created_at_id"),
+    ({"task_name": "get_data", "until": T0, "order": "oldest"}, "store_id_task_name_created_at_id"),
+    ({"serializer": "json", "since": T0}, "store_id_serializer_created_at_id"),
+    ({"flow_run_id": "run-flow-a"}, "store_id_flow_run_id_created_at_id"),
+    ({"task_run_id": "t1"}, "store_id_task_run_id_created_at_id"),
+    ({"since": T0, "until": T0 + timedelta(days=2)}, "store_id_created_at_id"),
+    ({"since": "7d", "limit": 10}, "store_id_created_at_id"),
     ({"tags": ["nightly"], "limit": 100}, "tag_created_at_artifact_id"),
     ({"tags": ["nightly", "big"], "since": T0}, "tag_created_at_artifact_id"),
     ({"key": "a/one.json"}, "key"),
@@ -418,7 +419,7 @@ PLAN_CASES: list[tuple[dict[str, Any], str]] = [
 
 
 def _explain(conn: sa.Connection, filters: dict[str, Any]) -> str:
-    stmt, params = build_select(parse_query(**filters), conn.dialect.name)
+    stmt, params = build_select(parse_query(**filters), conn.dialect.name, 1)
     compiled = stmt.params(**params).compile(
         dialect=conn.dialect, compile_kwargs={"literal_binds": True}
     )
@@ -434,13 +435,17 @@ def test_query_plans_use_indexes(filled: CacheStore, filters: dict[str, Any], in
         if conn.dialect.name == "postgresql":
             # tiny tables: the planner prefers sequential scans unless told they cost a lot
             conn.exec_driver_sql("SET enable_seqscan = off")
+            conn.exec_driver_sql("ANALYZE xpersist_artifacts")
         plan = _explain(conn, filters)
     if filled.engine.dialect.name == "sqlite":
         assert not [line for line in plan.splitlines() if line.startswith("SCAN")], plan
     else:
         assert "Seq Scan" not in plan, plan
     if index == "key":
-        assert "sqlite_autoindex_xpersist_artifacts" in plan or "uq_xpersist_artifacts_key" in plan
+        assert (
+            "sqlite_autoindex_xpersist_artifacts" in plan
+            or "uq_xpersist_artifacts_store_id_key" in plan
+        ), plan
     elif index.startswith("tag"):
         assert f"ix_xpersist_artifact_tags_{index}" in plan, plan
     else:
@@ -453,7 +458,7 @@ def test_key_prefix_glob_is_an_index_range_on_sqlite(tmp_path: Path) -> None:
     put(store, "a/one.json")
     with store.engine.connect() as conn:
         plan = _explain(conn, {"key": "a/*.json", "limit": 5})
-    assert "sqlite_autoindex_xpersist_artifacts_1 (key>? AND key<?)" in plan, plan
+    assert "sqlite_autoindex_xpersist_artifacts_1 (store_id=? AND key>? AND key<?)" in plan, plan
 
 
 @pytest.mark.parametrize(
@@ -468,8 +473,8 @@ def test_newest_first_needs_no_sort(filled: CacheStore, filters: dict[str, Any])
 
 
 def test_statements_are_shared_between_values(sqlite_store: CacheStore) -> None:
-    first, _ = build_select(parse_query(flow_name="a", since="1d", limit=5), "sqlite")
-    second, params = build_select(parse_query(flow_name="b", since="2d", limit=7), "sqlite")
+    first, _ = build_select(parse_query(flow_name="a", since="1d", limit=5), "sqlite", 1)
+    second, params = build_select(parse_query(flow_name="b", since="2d", limit=7), "sqlite", 1)
     assert first is second
     assert params["flow_name"] == "b" and params["limit"] == 7
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from xpersist_sql import CacheStore, SchemaVersionError
+from xpersist_sql import CacheStore, SchemaVersionError, StoreNotFoundError
 from xpersist_sql.db.engine import create_index_engine, network_filesystem_type
 from xpersist_sql.db.schema import (
     VERSION_TABLE,
@@ -15,6 +15,7 @@ from xpersist_sql.db.schema import (
     head_revision,
     migrations_dir,
     run_alembic,
+    upgrade,
 )
 
 
@@ -59,15 +60,16 @@ def test_older_index_raises_with_the_upgrade_command(
     with engine.connect() as conn:
         assert current_revision(conn) == "0001"
 
-    run_alembic(engine, "upgrade", "head")
     engine.dispose()
+    # the rows of revision 0001 belong to the store at ``path``: the upgrade is told so
+    assert upgrade(url, "head", store_root=str(path)) == ("0001", head_revision())
     store = CacheStore(path, database_url=database_url)
     assert store.get("a.json") == {"a": 1}
 
 
 def test_newer_index_raises(tmp_path: Path, database_url: str | None) -> None:
     path = tmp_path / "s"
-    CacheStore(path, database_url=database_url).keys()
+    CacheStore(path, database_url=database_url).put("a.json", 1, serializer="json")
     engine = create_index_engine(_url(path, database_url))
     with engine.begin() as conn:
         conn.execute(sa.text(f"UPDATE {VERSION_TABLE} SET version_num = '9999_future'"))
@@ -84,13 +86,20 @@ def test_foreign_table_without_version_table(tmp_path: Path, database_url: str |
         conn.execute(sa.text("CREATE TABLE xpersist_artifacts (id INTEGER PRIMARY KEY)"))
     engine.dispose()
     with pytest.raises(SchemaVersionError, match="not created by xpersist_sql"):
-        CacheStore(path, database_url=database_url).keys()
+        CacheStore(path, database_url=database_url).put("a.json", 1, serializer="json")
 
 
 def test_readonly_store_does_not_create_an_index(tmp_path: Path) -> None:
-    store = CacheStore(tmp_path / "s", readonly=True)
-    with pytest.raises(SchemaVersionError, match="readonly"):
-        store.keys()
+    with pytest.raises(StoreNotFoundError, match="no xpersist_sql store at"):
+        CacheStore(tmp_path / "s", readonly=True)
+    assert not (tmp_path / "s").exists()
+
+
+def test_reading_a_new_writable_store_creates_nothing(tmp_path: Path) -> None:
+    store = CacheStore(tmp_path / "s")
+    assert store.keys() == [] and len(store) == 0 and "a" not in store
+    assert store.query() == []
+    assert not (tmp_path / "s").exists()
 
 
 def test_migrations_are_found() -> None:
@@ -140,5 +149,5 @@ def test_sqlite_on_a_network_filesystem_warns(
 
     monkeypatch.setattr(engine_module, "network_filesystem_type", lambda path: "nfs4")
     with pytest.warns(UserWarning, match="network filesystem") as record:
-        CacheStore(tmp_path / "s").keys()
+        CacheStore(tmp_path / "s").put("a.json", 1, serializer="json")
     assert "postgresql" in str(record[0].message).lower()

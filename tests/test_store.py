@@ -83,8 +83,10 @@ def test_repr_hides_database_password(tmp_path: Path) -> None:
     assert "secret" not in repr(store)
 
 
-def test_default_path_is_in_the_temp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+def test_default_path_is_in_the_user_cache_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     store = CacheStore()
     assert store.path == str(tmp_path / "xpersist_sql")
     store.put("x.json", [1], serializer="json")
@@ -419,8 +421,10 @@ def test_ttl_expired_artifacts_count_as_absent(make_store: MakeStore) -> None:
 def test_bad_ttl(store: CacheStore) -> None:
     with pytest.raises(ValueError, match="positive"):
         store.put("a.json", 1, ttl=-5)
+    with pytest.raises(ValueError, match="ttl"):
+        store.put("a.json", 1, ttl="soon")
     with pytest.raises(TypeError, match="ttl"):
-        store.put("a.json", 1, ttl="soon")  # type: ignore[arg-type]
+        store.put("a.json", 1, ttl=[1])  # type: ignore[arg-type]
 
 
 def test_default_ttl(make_store: MakeStore) -> None:

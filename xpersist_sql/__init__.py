@@ -12,17 +12,20 @@ from .errors import (
     InvalidKeyError,
     LockTimeoutError,
     MissingDependencyError,
+    OverlappingKeyError,
     PayloadLoadError,
     PayloadMissingError,
     ReadonlyStoreError,
     SchemaVersionError,
     SerializerNotFoundError,
+    StoreMismatchError,
+    StoreNotFoundError,
+    UnsafePathError,
     XpersistSQLError,
 )
-from .legacy import import_legacy
 from .models import Artifact, DuplicateKeyEnum
 from .serializers import Serializer, available_serializers, register_serializer
-from .store import CacheStore
+from .store import CacheStore, import_legacy
 
 __all__ = [
     "Artifact",
@@ -34,12 +37,16 @@ __all__ = [
     "InvalidKeyError",
     "LockTimeoutError",
     "MissingDependencyError",
+    "OverlappingKeyError",
     "PayloadLoadError",
     "PayloadMissingError",
     "ReadonlyStoreError",
     "SchemaVersionError",
     "Serializer",
     "SerializerNotFoundError",
+    "StoreMismatchError",
+    "StoreNotFoundError",
+    "UnsafePathError",
     "XpersistSQLError",
     "__version__",
     "available_serializers",

@@ -10,6 +10,10 @@ store and what to do about it::
     ├── ReadonlyStoreError (PermissionError)   a write on a store opened with readonly=True
     ├── SerializerNotFoundError (ValueError)   an unknown serializer name
     ├── InvalidKeyError (ValueError)           a key that would escape the store root
+    │   ├── OverlappingKeyError                a key inside, or containing, a stored key
+    │   └── UnsafePathError                    a path through a symlink or into another store
+    ├── StoreNotFoundError (FileNotFoundError) no store at that path (reading creates none)
+    ├── StoreMismatchError                     the store's marker and its index disagree
     ├── PayloadMissingError (FileNotFoundError) the row exists, its payload is gone
     ├── PayloadLoadError                       the payload exists but cannot be read
     ├── SchemaVersionError (RuntimeError)      the index is older or newer than this package
@@ -26,11 +30,15 @@ __all__ = [
     "InvalidKeyError",
     "LockTimeoutError",
     "MissingDependencyError",
+    "OverlappingKeyError",
     "PayloadLoadError",
     "PayloadMissingError",
     "ReadonlyStoreError",
     "SchemaVersionError",
     "SerializerNotFoundError",
+    "StoreMismatchError",
+    "StoreNotFoundError",
+    "UnsafePathError",
     "XpersistSQLError",
 ]
 
@@ -65,6 +73,22 @@ class SerializerNotFoundError(XpersistSQLError, ValueError):
 
 class InvalidKeyError(XpersistSQLError, ValueError):
     """The key is empty, absolute, contains ``..`` or points into the hidden index directory."""
+
+
+class OverlappingKeyError(InvalidKeyError):
+    """The key lies inside a stored key, or a stored key lies inside it (``a`` vs ``a/b``)."""
+
+
+class UnsafePathError(InvalidKeyError):
+    """The path passes through a symbolic link, or holds another store: it is not the store's."""
+
+
+class StoreNotFoundError(XpersistSQLError, FileNotFoundError):
+    """No xpersist_sql store at the path (a read, or a command that creates none)."""
+
+
+class StoreMismatchError(XpersistSQLError):
+    """The store's marker names a store that its index does not know, or the reverse."""
 
 
 class PayloadMissingError(XpersistSQLError, FileNotFoundError):

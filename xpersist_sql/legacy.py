@@ -16,7 +16,8 @@ Sidecars that cannot be imported are reported, and the rest still imports:
 
 - ``broken``: not JSON, not an object, or a field of the wrong type;
 - ``missing_payload``: the payload ``<PATH>/<key>`` is gone;
-- ``invalid_key``: the key would not be a valid key of this package (absolute, ``..``...).
+- ``invalid_key``: the key would not be a valid key of this package (absolute, ``..``...);
+- ``overlapping_key``: the key contains, or lies inside, another imported key.
 
 Artifacts whose serializer has no equivalent here (the 2021 ``xcollection``) are imported, so
 that their payloads stay indexed and are never taken for orphans by ``gc``, and reported as
@@ -27,31 +28,27 @@ that their payloads stay indexed and are never taken for orphans by ``gc``, and 
 from __future__ import annotations
 
 import json
-import os
 import posixpath
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
-
-from .db.tables import ARTIFACTS
 from .errors import InvalidKeyError
 from .models import Artifact
 from .serializers import available_serializers
 from .storage import PayloadStorage, validate_key
 
 if TYPE_CHECKING:
-    from .store import CacheStore
+    from .backend import StoreBackend
 
 __all__ = [
     "LEGACY_METADATA_DIR",
     "LEGACY_SUFFIX",
     "LegacyImportReport",
     "LegacyIssue",
-    "import_legacy",
     "import_legacy_into",
+    "sidecars",
 ]
 
 #: Directory of the 2021 sidecars, under the store root.
@@ -187,7 +184,14 @@ def _read_sidecar(
     return key, fields
 
 
-def _sidecars(storage: PayloadStorage) -> list[str]:
+def sidecars(storage: PayloadStorage) -> list[str]:
+    """Return the paths of the 2021 sidecars under the store root.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the root has no ``xpersist_metadata_store`` directory.
+    """
     meta_dir = storage.path(LEGACY_METADATA_DIR)
     if not storage.fs.isdir(meta_dir):
         raise FileNotFoundError(
@@ -199,17 +203,17 @@ def _sidecars(storage: PayloadStorage) -> list[str]:
 
 
 def import_legacy_into(
-    store: CacheStore,
+    backend: StoreBackend,
     *,
     progress: Callable[[str, int, int], None] | None = None,
     chunk_size: int = _CHUNK,
 ) -> LegacyImportReport:
-    """Index the 2021 sidecars under ``store.path`` into ``store``'s index (see the module).
+    """Index the 2021 sidecars under the store root into the store's rows (see the module).
 
     Parameters
     ----------
-    store : CacheStore
-        A writable store whose root is the 2021 store.
+    backend : StoreBackend
+        A writable store whose root is the 2021 store (it becomes a store if it is not one).
     progress : callable, optional
         ``progress("importing", done, total)``.
     chunk_size : int
@@ -219,20 +223,13 @@ def import_legacy_into(
     -------
     LegacyImportReport
     """
-    if store.readonly:
-        from .errors import ReadonlyStoreError
-
-        raise ReadonlyStoreError(
-            f"cannot import into the store {store.path!r}: it is readonly; open it with "
-            "readonly=False"
-        )
-    storage: PayloadStorage = store._storage
-    index = store._index
-    report = LegacyImportReport(path=store.path)
-    sidecars = _sidecars(storage)
-    report.sidecars = len(sidecars)
-    with index.read() as conn:
-        existing = set(conn.scalars(select(ARTIFACTS.c.key)))
+    storage = backend.storage
+    report = LegacyImportReport(path=storage.url())
+    found = sidecars(storage)
+    report.sidecars = len(found)
+    index = backend.index(create=True)
+    assert index is not None
+    existing = index.all_keys()
     known = set(available_serializers())
     pending: list[Artifact] = []
     unsupported: dict[str, LegacyIssue] = {}
@@ -242,14 +239,26 @@ def import_legacy_into(
             return
         with index.write() as conn:
             for artifact in pending:
-                if index.insert_if_absent(conn, artifact) is None:
+                overlap = index.conflicting_key(conn, artifact.key)
+                if overlap is not None:
+                    report.skipped.append(
+                        LegacyIssue(
+                            f"{LEGACY_METADATA_DIR}/{artifact.key}{LEGACY_SUFFIX}",
+                            artifact.key,
+                            "overlapping_key",
+                            f"the key contains or lies inside the key {overlap!r}; keys of a "
+                            "store may not overlap, so it was not imported",
+                        )
+                    )
+                    unsupported.pop(artifact.key, None)
+                elif index.insert_if_absent(conn, artifact) is None:
                     report.already_indexed.append(artifact.key)
                     unsupported.pop(artifact.key, None)
                 else:
                     report.imported.append(artifact.key)
         pending.clear()
 
-    for done, sidecar in enumerate(sidecars, 1):
+    for done, sidecar in enumerate(found, 1):
         relative = posixpath.relpath(sidecar, storage.root)
         try:
             key, fields = _read_sidecar(storage, sidecar, relative)
@@ -295,54 +304,7 @@ def import_legacy_into(
         if len(pending) >= chunk_size:
             flush()
         if progress is not None:
-            progress("importing", done, len(sidecars))
+            progress("importing", done, len(found))
     flush()
     report.unsupported = [unsupported[key] for key in sorted(unsupported)]
     return report
-
-
-def import_legacy(
-    path: str | os.PathLike[str],
-    *,
-    database_url: str | None = None,
-    storage_options: dict[str, Any] | None = None,
-    progress: Callable[[str, int, int], None] | None = None,
-) -> LegacyImportReport:
-    """Index a store written by xpersist 2021 in place, so that ``CacheStore(path)`` serves it.
-
-    Parameters
-    ----------
-    path : str or path-like
-        Root of the 2021 store (the directory holding ``xpersist_metadata_store/``).
-    database_url : str, optional
-        The index to record the rows in (default: as ``CacheStore(path)`` resolves it, the
-        embedded SQLite file for a local path).
-    storage_options : dict, optional
-        fsspec options for a remote path.
-    progress : callable, optional
-        ``progress("importing", done, total)``.
-
-    Returns
-    -------
-    LegacyImportReport
-
-    Raises
-    ------
-    FileNotFoundError
-        If ``path`` has no ``xpersist_metadata_store`` directory.
-
-    Examples
-    --------
-    >>> report = import_legacy("/data/old-cache")  # doctest: +SKIP
-    >>> len(report.imported), [issue.key for issue in report.skipped]  # doctest: +SKIP
-    """
-    from .store import CacheStore
-
-    storage = PayloadStorage(os.fspath(path), storage_options)
-    if storage.is_local and not os.path.isdir(os.path.join(storage.root, LEGACY_METADATA_DIR)):
-        _sidecars(storage)  # raises the explanatory FileNotFoundError before creating an index
-    store = CacheStore(path, database_url=database_url, storage_options=storage_options)
-    try:
-        return import_legacy_into(store, progress=progress)
-    finally:
-        store.close()

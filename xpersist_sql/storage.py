@@ -16,6 +16,8 @@ import errno
 import hashlib
 import os
 import posixpath
+import shutil
+import stat as stat_module
 import sys
 import uuid
 from dataclasses import dataclass
@@ -25,7 +27,8 @@ import fsspec
 from fsspec import AbstractFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
-from .errors import InvalidKeyError
+from .errors import InvalidKeyError, UnsafePathError
+from .marker import HIDDEN_DIR
 
 __all__ = [
     "HIDDEN_DIR",
@@ -36,15 +39,17 @@ __all__ = [
     "validate_key",
 ]
 
-HIDDEN_DIR = ".xpersist_sql"
 MAX_KEY_LENGTH = 1024
+#: Longest path segment in bytes (UTF-8) that common filesystems accept.
+MAX_SEGMENT_BYTES = 255
 
 
 def validate_key(key: Any, *, store: str = "") -> str:
     r"""Return ``key`` if it names a path inside the store root, else raise InvalidKeyError.
 
     A key is a relative POSIX path: not empty, not absolute, no ``\\``, no empty, ``.`` or ``..``
-    segment, not inside the hidden index directory, at most 1024 characters.
+    segment, no segment named like the hidden directory (``.xpersist_sql``), no segment over 255
+    bytes, at most 1024 characters.
     """
     where = f" in store {store!r}" if store else ""
     if not isinstance(key, str):
@@ -61,8 +66,12 @@ def validate_key(key: Any, *, store: str = "") -> str:
         problem = "it is absolute; keys are paths relative to the store root"
     elif any(segment in ("", ".", "..") for segment in segments):
         problem = "it has an empty, '.' or '..' path segment"
-    elif segments[0] == HIDDEN_DIR:
-        problem = f"{HIDDEN_DIR!r} is the store's hidden index directory"
+    elif HIDDEN_DIR in segments:
+        problem = f"{HIDDEN_DIR!r} is the name of a store's hidden directory"
+    elif any(
+        len(segment.encode("utf-8", "surrogatepass")) > MAX_SEGMENT_BYTES for segment in segments
+    ):
+        problem = f"a path segment is longer than {MAX_SEGMENT_BYTES} bytes"
     if problem:
         raise InvalidKeyError(
             f"invalid key {key!r}{where}: {problem}. Use a relative path such as "
@@ -121,6 +130,11 @@ def _file_marker(info: dict[str, Any]) -> str:
 class PayloadStorage:
     """Payload files of one store on an fsspec filesystem.
 
+    Every removal or replacement of a file goes through :meth:`take` (a payload out of its key,
+    into the trash) and :meth:`purge` (a path inside the hidden ``staging``/``trash``
+    directories): they validate the key, refuse symbolic links on the way and any tree holding a
+    store's hidden directory (another store nested here), and never leave the root.
+
     Parameters
     ----------
     path : str
@@ -132,8 +146,11 @@ class PayloadStorage:
     def __init__(self, path: str, storage_options: dict[str, Any] | None = None) -> None:
         self.fs: AbstractFileSystem
         self.fs, root = fsspec.core.url_to_fs(path, **(storage_options or {}))
-        self.root: str = root.rstrip("/") or "/"
         self.is_local = isinstance(self.fs, LocalFileSystem)
+        if self.is_local:
+            # symlinks above the root (/tmp -> /private/tmp) are the user's; below it, refused
+            root = os.path.realpath(os.path.expanduser(root))
+        self.root: str = root.rstrip("/") or "/"
 
     # -- paths -----------------------------------------------------------------------------------
     def _join(self, *parts: str) -> str:
@@ -157,6 +174,70 @@ class PayloadStorage:
         """Path of a sub-directory of the hidden directory (``staging``, ``trash``, ``locks``)."""
         return self._join(HIDDEN_DIR, name)
 
+    # -- guards ----------------------------------------------------------------------------------
+    def check_path(self, key: str, *, final: bool = True) -> str:
+        """Return the path of ``key`` after checking that no component of it is a symlink.
+
+        On object stores (no symlinks) this only validates the key. ``final=False`` checks
+        the parent directories only.
+
+        Raises
+        ------
+        InvalidKeyError
+            For an invalid key.
+        UnsafePathError
+            If a directory on the way (or, with ``final``, the payload itself) is a symbolic
+            link, or a directory on the way is a file.
+        """
+        validate_key(key, store=self.url())
+        if not self.is_local:
+            return self.path(key)
+        parts = key.split("/")
+        current = self.root
+        for depth, part in enumerate(parts, 1):
+            current = os.path.join(current, part)
+            last = depth == len(parts)
+            if last and not final:
+                break
+            try:
+                mode = os.lstat(current).st_mode
+            except FileNotFoundError:
+                break
+            except NotADirectoryError:
+                mode = 0
+            if stat_module.S_ISLNK(mode):
+                raise UnsafePathError(
+                    f"key {key!r} of store {self.url()!r} passes through the symbolic link "
+                    f"{current!r}: xpersist_sql never follows links inside a store. Remove the "
+                    "link or use another key"
+                )
+            if not last and not stat_module.S_ISDIR(mode):
+                break  # a file in the way: the write fails, or the index names the key
+        return self.path(key)
+
+    def _holds_store(self, path: str) -> bool:
+        """Whether the tree at ``path`` contains a store's hidden directory (a nested store)."""
+        if self.is_local:
+            if not os.path.isdir(path) or os.path.islink(path):
+                return False
+            for _current, dirs, files in os.walk(path, followlinks=False):
+                if HIDDEN_DIR in dirs or HIDDEN_DIR in files:
+                    return True
+            return False
+        self._refresh(path)
+        try:
+            names = self.fs.find(path, withdirs=True)
+        except FileNotFoundError:
+            return False
+        return any(f"/{HIDDEN_DIR}/" in f"/{name}/" for name in names)
+
+    def _inside_internal(self, path: str) -> bool:
+        prefixes = [self.internal_dir(name).rstrip("/") + "/" for name in ("staging", "trash")]
+        normal = posixpath.normpath(path)
+        return any(normal.startswith(prefix) for prefix in prefixes) and ".." not in normal.split(
+            "/"
+        )
+
     # -- writing ---------------------------------------------------------------------------------
     def staging_path(self, key: str) -> str:
         """Return a fresh staging path for a new payload of ``key`` (its parent is created).
@@ -170,9 +251,7 @@ class PayloadStorage:
 
     def discard_staging(self, staged: str) -> None:
         """Remove a staging path and its per-write parent directory."""
-        parent = posixpath.dirname(staged)
-        if self.fs.exists(parent):
-            self.fs.rm(parent, recursive=True)
+        self.purge(posixpath.dirname(staged))
 
     def publish(self, staged: str, key: str) -> str | None:
         """Move a staged payload to ``<root>/<key>``.
@@ -185,12 +264,25 @@ class PayloadStorage:
         be removed with :meth:`purge` once the index row is committed (or put back with
         :meth:`restore` if it is not), or ``None``. A writer killed in between leaves the old
         payload in its staging directory or the trash, where :meth:`find_displaced` finds it.
+
+        Raises
+        ------
+        UnsafePathError
+            If the key passes through a symlink, or what lies at the key holds another store.
         """
-        final = self.path(key)
+        final = self.check_path(key)
         trash: str | None = None
         if self.is_local:
-            os.makedirs(os.path.dirname(final), exist_ok=True)
+            try:
+                os.makedirs(os.path.dirname(final), exist_ok=True)
+            except (FileExistsError, NotADirectoryError):
+                raise UnsafePathError(
+                    f"cannot write key {key!r} in store {self.url()!r}: a file that is not a "
+                    "stored payload lies on its path; remove it or use another key"
+                ) from None
+            self.check_path(key)  # nothing swapped a link in while the directories were made
             if os.path.lexists(final):
+                self._refuse_store(key, final)
                 trash = self._trash_path(key)
                 if exchange_paths(staged, final):
                     os.replace(staged, trash)
@@ -204,19 +296,34 @@ class PayloadStorage:
                 os.replace(staged, final)
         else:
             if self.exists(key):
+                self._refuse_store(key, final)
                 trash = self._trash_path(key)
                 self._move(final, trash)
             self._move(staged, final)
         return trash
 
+    def _refuse_store(self, key: str, path: str) -> None:
+        if self._holds_store(path):
+            raise UnsafePathError(
+                f"refusing to replace or remove {self.url(key)!r}: it holds another store's "
+                f"{HIDDEN_DIR!r} directory. Move that store elsewhere, or use another key"
+            )
+
     def restore(self, trash: str, key: str) -> None:
         """Put a payload moved to the trash by :meth:`publish` back at ``key``."""
-        final = self.path(key)
+        final = self.check_path(key)
         if self.is_local and os.path.lexists(final) and exchange_paths(trash, final):
             self.purge(trash)
             return
+        if self.is_local:
+            if os.path.lexists(final):
+                moved = self.take(key)
+                self.purge(moved)
+            os.makedirs(os.path.dirname(final), exist_ok=True)
+            os.replace(trash, final)
+            return
         if self.fs.exists(final):
-            self.fs.rm(final, recursive=True)
+            self.purge(self.take(key))
         self._move(trash, final)
 
     def _move(self, source: str, target: str) -> None:
@@ -226,7 +333,7 @@ class PayloadStorage:
         which are not objects, and fails half-way.
         """
         if self.is_local:
-            self.fs.mv(source, target, recursive=True)
+            os.replace(source, target)
             return
         files = self._files(source)
         if list(files) == [""]:
@@ -273,26 +380,68 @@ class PayloadStorage:
                 continue
         return None
 
-    def move_to_trash(self, key: str) -> str | None:
-        """Move the payload of ``key`` into the trash; return the trash path, None if absent."""
-        final = self.path(key)
-        if not self.exists(key):
-            return None
-        trash = self._trash_path(key)
+    def take(self, key: str) -> str | None:
+        """Move the payload of ``key`` into the trash: the one guarded way a payload leaves.
+
+        The key is validated as ``put`` does it, no component of it may be a symlink (a payload
+        that *is* a symlink is moved as the link itself, never its target) and the payload may
+        not hold a store's hidden directory. Returns the trash path (to :meth:`purge` once the
+        removal is committed, or :meth:`restore`), or None if nothing lies at the key.
+
+        Raises
+        ------
+        InvalidKeyError, UnsafePathError
+            When the key or what lies at it is outside what the store owns.
+        """
+        final = self.check_path(key, final=False)
         if self.is_local:
-            os.replace(final, trash)
-        else:
-            self._move(final, trash)
+            if not os.path.lexists(final):
+                return None
+        elif not self.exists(key):
+            return None
+        self._refuse_store(key, final)
+        trash = self._trash_path(key)
+        self._move(final, trash)
         return trash
 
     def purge(self, path: str | None) -> None:
-        """Remove a path (file or directory) if it exists."""
-        if path and self.fs.exists(path):
+        """Remove a path inside the hidden ``staging``/``trash`` directories, if it exists.
+
+        Symbolic links are removed as links, never followed.
+
+        Raises
+        ------
+        UnsafePathError
+            For a path outside those directories.
+        """
+        if not path:
+            return
+        if not self._inside_internal(path):
+            raise UnsafePathError(
+                f"refusing to remove {path!r}: only the store's staging and trash entries are "
+                "removed directly"
+            )
+        if self.is_local:
+            try:
+                mode = os.lstat(path).st_mode
+            except FileNotFoundError:
+                return
+            if stat_module.S_ISDIR(mode):
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)
+            return
+        self._refresh(path)
+        if self.fs.exists(path):
             self.fs.rm(path, recursive=True)
 
-    def remove(self, key: str) -> None:
-        """Remove the payload of ``key`` if present."""
-        self.purge(self.path(key))
+    def is_symlink(self, key: str) -> bool:
+        """Whether the payload of ``key`` is a symbolic link (local stores only)."""
+        return self.is_local and os.path.islink(self.path(key))
+
+    def holds_store(self, key: str) -> bool:
+        """Whether what lies at ``key`` contains a store's hidden directory."""
+        return self._holds_store(self.path(key))
 
     # -- reading ---------------------------------------------------------------------------------
     def _refresh(self, path: str) -> None:

@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import platform
-import tempfile
-import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
+import platformdirs
 from pydantic_core import to_jsonable_python
 from sqlalchemy import Engine
 
 from ._version import __version__
-from .db.access import AccessLog
-from .db.engine import create_index_engine, redact_url
+from .backend import StoreBackend
+from .db.engine import redact_url
 from .db.index import ArtifactIndex
-from .db.schema import ensure_schema
+from .db.schema import INDEX_FILENAME
 from .errors import (
     ArtifactNotFoundError,
     CollisionError,
@@ -28,38 +28,45 @@ from .errors import (
     PayloadMissingError,
     ReadonlyStoreError,
 )
-from .lifecycle import SizeGuard, parse_size
+from .legacy import LegacyImportReport, import_legacy_into
 from .locks import KeyLock, key_lock
+from .maintenance import evict as _evict
+from .maintenance import gc as _gc
+from .maintenance import verify as _verify
 from .models import Artifact, DuplicateKeyEnum
-from .query import MetadataValue, TimeBound, artifacts_to_frame, fetch_artifacts, parse_query
+from .query import (
+    MetadataValue,
+    SummaryRow,
+    TimeBound,
+    artifacts_to_frame,
+    parse_query,
+)
 from .serializers import Serializer, get_serializer, pick_serializer
 from .storage import HIDDEN_DIR, PayloadStorage, validate_key
+from .units import parse_size, parse_ttl
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["DATABASE_URL_ENV", "CacheStore"]
+__all__ = ["DATABASE_URL_ENV", "CacheStore", "import_legacy"]
 
 DATABASE_URL_ENV = "XPERSIST_SQL_DATABASE_URL"
-INDEX_FILENAME = "index.sqlite"
 
-TTL = timedelta | int | float
+TTL = timedelta | int | float | str
+Progress = _gc.Progress
 _MAX_SETTLE_ROUNDS = 20
+_log = logging.getLogger("xpersist_sql")
 
 
 def _default_path() -> str:
-    return os.path.join(tempfile.gettempdir(), "xpersist_sql")
+    return platformdirs.user_cache_dir("xpersist_sql")
 
 
 def _as_timedelta(ttl: TTL | None, what: str = "ttl") -> timedelta | None:
-    if ttl is None:
-        return None
-    if isinstance(ttl, bool) or not isinstance(ttl, (timedelta, int, float)):
-        raise TypeError(f"{what} must be a timedelta or a number of seconds, got {ttl!r}")
-    delta = ttl if isinstance(ttl, timedelta) else timedelta(seconds=ttl)
-    if delta <= timedelta(0):
-        raise ValueError(f"{what} must be positive, got {ttl!r}")
-    return delta
+    try:
+        return parse_ttl(ttl)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{what}: {exc}") from None
 
 
 def _jsonable(value: Mapping[str, Any] | None, what: str) -> dict[str, Any]:
@@ -78,13 +85,15 @@ class CacheStore:
     ----------
     path : str, optional
         Root directory of the payloads: a local path or an fsspec URL (``s3://bucket/prefix``).
-        Defaults to ``<tempdir>/xpersist_sql``.
+        Defaults to ``<user cache dir>/xpersist_sql`` (platformdirs: ``~/.cache`` on Linux).
     database_url : str, optional
         SQLAlchemy URL of the index. Defaults to ``$XPERSIST_SQL_DATABASE_URL`` or, for a local
         path, a SQLite file in the store's hidden ``.xpersist_sql`` directory. Required for a
         remote path.
     readonly : bool
-        Refuse every write (``put``, ``delete``, ...) with :class:`ReadonlyStoreError`.
+        Refuse every write (``put``, ``delete``, ...) with :class:`ReadonlyStoreError`; the
+        index is opened read-only and nothing is ever written (a directory the process cannot
+        write is fine). The path must hold a store (:class:`StoreNotFoundError` otherwise).
     on_duplicate_key : DuplicateKeyEnum or str
         What ``put`` does with a key that exists: ``"skip"`` (default), ``"overwrite"``,
         ``"check_collision"`` or ``"raise_error"``.
@@ -98,6 +107,9 @@ class CacheStore:
     max_size : int or str, optional
         Bound on the payloads' total size (bytes, or ``"50GB"``, ``"500MiB"``): a ``put`` that
         takes the store over it evicts least-recently-used artifacts down to 90 % of it.
+    create : bool
+        Whether the first write may make ``path`` a store (writing its marker). With
+        ``create=False`` a path that is not a store raises :class:`StoreNotFoundError` here.
 
     Examples
     --------
@@ -121,29 +133,26 @@ class CacheStore:
         checksum: bool = False,
         default_ttl: TTL | None = None,
         max_size: int | str | None = None,
+        create: bool = True,
     ) -> None:
         raw = _default_path() if path is None else os.fspath(path)
         self.storage_options: dict[str, Any] = dict(storage_options or {})
         self._storage = PayloadStorage(raw, self.storage_options)
         if self._storage.is_local:
             raw = os.path.abspath(os.path.expanduser(raw))
-            self._storage = PayloadStorage(raw, self.storage_options)
         self.path: str = raw.rstrip("/") or "/"
         self.readonly = bool(readonly)
+        self.create = bool(create) and not self.readonly
         self.on_duplicate_key = DuplicateKeyEnum(on_duplicate_key)
         self.checksum = bool(checksum)
         self.default_ttl = _as_timedelta(default_ttl, "default_ttl")
         self.max_size: int | None = None if max_size is None else parse_size(max_size)
-        self._size_guard = None if self.max_size is None else SizeGuard(self.max_size)
-        self._access = AccessLog()
+        self._size_guard = None if self.max_size is None else _evict.SizeGuard(self.max_size)
         self._explicit_database_url = database_url
         self.database_url: str = self._resolve_database_url(database_url)
-        if self._storage.is_local and not self.readonly:
-            os.makedirs(self._storage.root, exist_ok=True)
-        self._engine: Engine | None = None
-        self._engine_pid: int | None = None
-        self._index_cache: ArtifactIndex | None = None
-        self._engine_lock = threading.Lock()
+        self._backend = StoreBackend(self._storage, self.database_url, readonly=self.readonly)
+        if not self.create:
+            self._backend.require_store()
 
     # -- configuration ---------------------------------------------------------------------------
     def _resolve_database_url(self, database_url: str | None) -> str:
@@ -158,6 +167,10 @@ class CacheStore:
                 f"machine) or set ${DATABASE_URL_ENV}"
             )
         return f"sqlite:///{os.path.join(self._storage.root, HIDDEN_DIR, INDEX_FILENAME)}"
+
+    def _rows(self, *, create: bool = False) -> ArtifactIndex | None:
+        """Return the store's rows in the index (None while the path is not a store)."""
+        return self._backend.index(create=create)
 
     def __repr__(self) -> str:
         return (
@@ -179,6 +192,7 @@ class CacheStore:
             "checksum": self.checksum,
             "default_ttl": self.default_ttl,
             "max_size": self.max_size,
+            "create": self.create,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -186,47 +200,13 @@ class CacheStore:
 
     # -- engine ----------------------------------------------------------------------------------
     @property
-    def _index(self) -> ArtifactIndex:
-        """The index, created on first use and again in a forked child process."""
-        pid = os.getpid()
-        if self._index_cache is not None and self._engine_pid == pid:
-            return self._index_cache
-        with self._engine_lock:
-            if self._engine is not None and self._engine_pid != pid:
-                # Never close the parent's connections from the child: drop them.
-                self._engine.dispose(close=False)
-                self._engine = None
-            if self._engine is None:
-                engine = create_index_engine(self.database_url)
-                try:
-                    ensure_schema(engine, store=self.path, readonly=self.readonly)
-                except BaseException:
-                    engine.dispose()
-                    raise
-                self._engine = engine
-                self._engine_pid = pid
-                self._index_cache = ArtifactIndex(engine)
-            assert self._index_cache is not None
-            return self._index_cache
-
-    @property
     def engine(self) -> Engine:
         """The SQLAlchemy engine of the index (schema checked)."""
-        return self._index.engine
+        return self._backend.engine
 
     def close(self) -> None:
         """Dispose of the index's connections (the store reopens them when used again)."""
-        self._flush_accesses()
-        with self._engine_lock:
-            if self._engine is not None and self._engine_pid == os.getpid():
-                self._engine.dispose()
-            self._engine = None
-            self._index_cache = None
-
-    def _flush_accesses(self) -> None:
-        """Write the last-access times this process has not recorded yet."""
-        if self._access.pending and self._engine is not None and self._engine_pid == os.getpid():
-            self._access.flush(self._engine)
+        self._backend.close()
 
     # -- helpers ---------------------------------------------------------------------------------
     def _check_writable(self, action: str, key: str) -> None:
@@ -274,6 +254,7 @@ class CacheStore:
         additional_metadata: dict[str, Any] | None = None,
         ttl: TTL | None = None,
         *,
+        on_duplicate_key: DuplicateKeyEnum | str | None = None,
         checksum: bool | None = None,
     ) -> Artifact:
         """Write ``value`` under ``key`` and record it in the index.
@@ -296,8 +277,11 @@ class CacheStore:
         additional_metadata : dict, optional
             JSON-able metadata; ``flow_name``, ``task_name``, ``flow_run_id``, ``task_run_id``
             and ``task_tags`` fill the indexed query columns.
-        ttl : timedelta or float, optional
-            Time to live (seconds); the artifact counts as absent after it.
+        ttl : timedelta, float or str, optional
+            Time to live (seconds, or ``"7d"``, ``"12h"``...); the artifact counts as absent
+            after it.
+        on_duplicate_key : DuplicateKeyEnum or str, optional
+            The policy for this call (default: the store's ``on_duplicate_key``).
         checksum : bool, optional
             Compute a sha256 of the payload (default: the store's ``checksum``).
 
@@ -308,8 +292,8 @@ class CacheStore:
 
         Raises
         ------
-        ReadonlyStoreError, InvalidKeyError, SerializerNotFoundError, DuplicateKeyError,
-        CollisionError, MissingDependencyError
+        ReadonlyStoreError, InvalidKeyError, OverlappingKeyError, UnsafePathError,
+        SerializerNotFoundError, DuplicateKeyError, CollisionError, MissingDependencyError
         """
         self._check_writable("put", key)
         key = validate_key(key, store=self.path)
@@ -317,20 +301,21 @@ class CacheStore:
         ser = get_serializer(name)
         ser.check_requirements()
         delta = _as_timedelta(ttl) or self.default_ttl
-        policy = self.on_duplicate_key
-        index = self._index
+        policy = self.on_duplicate_key if on_duplicate_key is None else on_duplicate_key
+        policy = DuplicateKeyEnum(policy)
+        storage = self._storage
+        storage.check_path(key)  # no symlink on the way, before any work
 
+        rows = self._rows(create=True)  # the first write makes the path a store
+        assert rows is not None
         if policy in (DuplicateKeyEnum.skip, DuplicateKeyEnum.raise_error):
             # Cheap early answer; the database still decides atomically below.
-            existing = index.get(key)
+            existing = rows.get(key)
             if existing is not None and not existing.is_expired():
                 return self._on_existing(key, existing, None, policy)
 
         now = datetime.now(timezone.utc)
-        storage = self._storage
         staged = storage.staging_path(key)
-        trash: str | None = None
-        committed = False
         try:
             hints = ser.dump(value, storage.fs, staged, **(dump_kwargs or {}))
             stat = storage.stat(staged)
@@ -356,43 +341,18 @@ class CacheStore:
                 expires_at=now + delta if delta else None,
                 versions=self._versions(ser),
             )
-            with index.write() as conn:
-                artifact_id = index.insert_if_absent(conn, artifact)
-                while artifact_id is None:
-                    found = index.fetch(conn, key, for_update=True)
-                    if found is None:
-                        # PostgreSQL: a concurrent delete committed between our conflicting
-                        # insert and this read; the key is free again, insert once more.
-                        artifact_id = index.insert_if_absent(conn, artifact)
-                        continue
-                    artifact_id, existing = found
-                    if policy is not DuplicateKeyEnum.overwrite and not existing.is_expired():
-                        return self._on_existing(key, existing, digest, policy)
-                    index.replace(conn, artifact_id, artifact)
-                trash = storage.publish(staged, key)
-                if not storage.is_local:
-                    # object stores copy on move: fingerprint what now lies at the key
-                    final = storage.stat(storage.path(key))
-                    index.update_stat(
-                        conn,
-                        artifact_id,
-                        size_bytes=final.size_bytes,
-                        fingerprint=final.fingerprint,
-                    )
-                    artifact = artifact.model_copy(
-                        update={"size_bytes": final.size_bytes, "fingerprint": final.fingerprint}
-                    )
-            committed = True
+
+            def decide(existing: Artifact) -> Artifact | None:
+                if policy is not DuplicateKeyEnum.overwrite and not existing.is_expired():
+                    return self._on_existing(key, existing, digest, policy)
+                return None
+
+            stored = self._backend.write(staged, artifact, decide)
         finally:
-            if trash is not None:
-                if committed:
-                    storage.purge(trash)
-                else:
-                    storage.restore(trash, key)
             storage.discard_staging(staged)
-        if self._size_guard is not None:
-            self._size_guard.after_put(self, artifact)
-        return artifact
+        if self._size_guard is not None and stored.created_at == now:  # written, not skipped
+            self._size_guard.after_put(self._backend, stored)
+        return stored
 
     def _on_existing(
         self, key: str, existing: Artifact, digest: str | None, policy: DuplicateKeyEnum
@@ -406,13 +366,22 @@ class CacheStore:
         if policy is DuplicateKeyEnum.check_collision:
             stored = existing.checksum
             if stored is None and self._storage.exists(key):
-                stored = self._storage.checksum(self._storage.path(key))
+                stored = self._storage.checksum(self._storage.check_path(key))
             if stored != digest:
                 raise CollisionError(
                     f"key {key!r} already exists in store {self.path!r} with different content "
                     f"({stored} != {digest}); use another key, delete the stored artifact, or "
                     "open the store with on_duplicate_key='overwrite'"
                 )
+        age = datetime.now(timezone.utc) - existing.created_at
+        _log.info(
+            "put of key %r skipped: store %r already holds it (stored %s ago, at %s); pass "
+            "on_duplicate_key='overwrite' to replace it",
+            key,
+            self.path,
+            str(age).split(".")[0],
+            existing.created_at.isoformat(),
+        )
         return existing
 
     def get_artifact(self, key: str) -> Artifact:
@@ -424,7 +393,8 @@ class CacheStore:
             If no unexpired artifact has that key.
         """
         key = validate_key(key, store=self.path)
-        artifact = self._index.get(key)
+        rows = self._rows()
+        artifact = None if rows is None else rows.get(key)
         if artifact is None or artifact.is_expired():
             raise self._not_found(key, artifact)
         return artifact
@@ -465,6 +435,7 @@ class CacheStore:
             settled = artifact == settled_for or rounds >= _MAX_SETTLE_ROUNDS
             ser = get_serializer(serializer or artifact.serializer)
             ser.check_requirements()
+            self._storage.check_path(key)  # never read through a symlink
             if self._storage.exists(key):
                 try:
                     value = self._load(artifact, ser, load_kwargs)
@@ -474,7 +445,7 @@ class CacheStore:
                 else:
                     # The payload opened is the row's (not one a concurrent or killed writer
                     # swapped in): its fingerprint still matches after the load.
-                    if settled or self._payload_matches(artifact):
+                    if settled or self._backend.payload_matches(artifact):
                         return value
             elif settled:
                 raise PayloadMissingError(
@@ -483,46 +454,12 @@ class CacheStore:
                     f"remove the row with store.delete({key!r}) or `xpersist-sql verify --repair`"
                     " and compute the value again"
                 )
-            self._settle(key)
+            self._backend.settle(key)
             settled_for = artifact
             rounds += 1
 
-    def _payload_matches(self, artifact: Artifact) -> bool:
-        """Whether the payload at the artifact's key is the one its row describes."""
-        if artifact.fingerprint is None:
-            return True
-        try:
-            current = self._storage.stat(self._storage.path(artifact.key))
-        except FileNotFoundError:
-            return False
-        return current.fingerprint == artifact.fingerprint
-
-    def _settle(self, key: str) -> None:
-        """Wait out a writer publishing ``key``; put back a payload a killed writer moved away.
-
-        Runs in a write transaction, so it starts once a concurrent put or delete of the key has
-        committed or rolled back (or its process died). If the row still does not match the
-        payload at the key, a writer was killed between moving the old payload away and
-        committing: the payload the row describes is found by fingerprint in that writer's
-        staging directory or the trash and moved back.
-        """
-        if self.readonly:
-            return  # a readonly store neither takes write locks nor repairs
-        index = self._index
-        with index.write() as conn:
-            found = index.fetch(conn, key, for_update=True)
-            if found is None:
-                return
-            artifact = found[1]
-            if artifact.fingerprint is None or self._payload_matches(artifact):
-                return
-            displaced = self._storage.find_displaced(key, artifact.fingerprint)
-            if displaced is not None:
-                self._storage.restore(displaced, key)
-
     def _load(self, artifact: Artifact, ser: Serializer, load_kwargs: dict[str, Any] | None) -> Any:
-        if not self.readonly:  # batched and throttled, for LRU eviction (see db/access.py)
-            self._access.record(artifact.key, lambda: self._index.engine)
+        self._backend.record_access(artifact.key)  # batched, throttled (see db/access.py)
         kwargs = {**artifact.load_kwargs, **(load_kwargs or {})}
         try:
             return ser.load(self._storage.fs, self._storage.path(artifact.key), **kwargs)
@@ -548,7 +485,8 @@ class CacheStore:
 
     def keys(self) -> list[str]:
         """Return the keys of the stored (unexpired) artifacts, sorted."""
-        return self._index.keys()
+        rows = self._rows()
+        return [] if rows is None else rows.keys()
 
     def query(
         self,
@@ -624,8 +562,8 @@ class CacheStore:
             order=order,
             include_expired=include_expired,
         )
-        with self._index.read() as conn:
-            return fetch_artifacts(conn, spec)
+        rows = self._rows()
+        return [] if rows is None else rows.query(spec)
 
     def query_df(self, **filters: Any) -> pd.DataFrame:
         """Return :meth:`query`'s artifacts as a pandas DataFrame, one row per artifact.
@@ -657,21 +595,195 @@ class CacheStore:
         """
         key = validate_key(key, store=self.path)
         if dry_run:
-            found = self._index.get(key)
+            rows = self._rows()
+            found = None if rows is None else rows.get(key)
             if found is None:
                 raise self._not_found(key)
             return found
         self._check_writable("delete", key)
-        index = self._index
-        with index.write() as conn:
-            artifact = index.remove(conn, key)
-            if artifact is None:
-                raise self._not_found(key)
-            # Still inside the transaction: a concurrent put of the same key waits for it, so
-            # the payload it publishes next cannot be the one removed here.
-            trash = self._storage.move_to_trash(key)
-        self._storage.purge(trash)
+        artifact = self._backend.delete(key)
+        if artifact is None:
+            raise self._not_found(key)
         return artifact
+
+    def summarize(self, by: str, **filters: Any) -> list[SummaryRow]:
+        """Count the artifacts matching ``filters`` and add up their sizes, per value of ``by``.
+
+        Parameters
+        ----------
+        by : {"flow_name", "task_name", "serializer"}
+            The field to group by.
+        **filters
+            The keyword filters of :meth:`query` (``limit`` and ``order`` are ignored).
+
+        Returns
+        -------
+        list of SummaryRow
+            Largest groups (by count) first.
+        """
+        spec = parse_query(**filters)
+        rows = self._rows()
+        return [] if rows is None else rows.summarize(spec, by)
+
+    # -- maintenance -----------------------------------------------------------------------------
+    def _check_maintenance(self, action: str) -> None:
+        if self.readonly:
+            raise ReadonlyStoreError(
+                f"cannot {action}: the store {self.path!r} is readonly; open it with "
+                "readonly=False (or use the dry-run option to only list what would be removed)"
+            )
+
+    def gc(
+        self,
+        *,
+        older_than: timedelta | int | float | str = _gc.DEFAULT_GRACE,
+        dry_run: bool = False,
+        progress: Progress | None = None,
+        now: datetime | None = None,
+    ) -> _gc.GcReport:
+        """Remove expired artifacts, orphan payloads and the leftovers of crashed writes.
+
+        Safe while other processes use the store; only a directory carrying a store marker is
+        cleaned, and nested stores are never touched (see :mod:`xpersist_sql.maintenance.gc`).
+
+        Parameters
+        ----------
+        older_than : timedelta, float or str
+            Grace period for files (default 1 hour; ``"30m"``, ``"7d"``, seconds).
+        dry_run : bool
+            Only list what would be removed.
+        progress : callable, optional
+            ``progress(phase, done, total)``.
+        now : datetime, optional
+            The clock (default: now).
+
+        Returns
+        -------
+        GcReport
+
+        Raises
+        ------
+        ReadonlyStoreError
+            If the store is readonly and ``dry_run`` is False.
+        StoreNotFoundError
+            If the path carries no store marker.
+        """
+        if not dry_run:
+            self._check_maintenance("run gc")
+        return _gc.gc(
+            self._backend, older_than=older_than, dry_run=dry_run, progress=progress, now=now
+        )
+
+    def verify(
+        self,
+        *,
+        checksums: bool = True,
+        repair: bool = False,
+        progress: Progress | None = None,
+    ) -> _verify.VerifyReport:
+        """Check that every artifact's payload is present and unchanged.
+
+        Parameters
+        ----------
+        checksums : bool
+            Hash the payloads that have a recorded checksum (a full read of each).
+        repair : bool
+            Drop the rows whose payload is gone (see :meth:`repair`).
+        progress : callable, optional
+            ``progress(phase, done, total)``.
+
+        Returns
+        -------
+        VerifyReport
+            Problems by key: ``missing``, ``modified``, ``corrupt``, ``invalid key``.
+        """
+        report = _verify.verify(self._backend, checksums=checksums, progress=progress)
+        if repair and report.missing:
+            report.repaired = self.repair(report.missing, progress=progress)
+        return report
+
+    def repair(self, keys: Iterable[str], *, progress: Progress | None = None) -> list[str]:
+        """Drop the rows of ``keys`` whose payload is (still) gone; return the keys dropped.
+
+        Raises
+        ------
+        ReadonlyStoreError
+            If the store is readonly.
+        """
+        self._check_maintenance("repair the index")
+        return _verify.repair_missing(self._backend, keys, progress=progress)
+
+    def evict(
+        self,
+        max_size: int | str | None = None,
+        *,
+        target: int | str | None = None,
+        dry_run: bool = False,
+        keep: Collection[str] = (),
+        progress: Progress | None = None,
+        now: datetime | None = None,
+    ) -> _evict.EvictReport:
+        """Evict least-recently-used artifacts (expired ones first) until the store fits.
+
+        Parameters
+        ----------
+        max_size : int or str, optional
+            The limit (bytes or ``"50GB"``); default: the store's ``max_size``.
+        target : int or str, optional
+            Evict down to this size (default: ``max_size``).
+        dry_run : bool
+            Only list what would be evicted.
+        keep : collection of str
+            Keys never evicted.
+        progress : callable, optional
+            ``progress("evicting", freed bytes, bytes to free)``.
+        now : datetime, optional
+            The clock: only rows created before it are candidates (default: now).
+
+        Returns
+        -------
+        EvictReport
+
+        Raises
+        ------
+        ValueError
+            Without ``max_size`` on a store that has none.
+        ReadonlyStoreError
+            If the store is readonly and ``dry_run`` is False.
+        """
+        limit = self.max_size if max_size is None else max_size
+        if limit is None:
+            raise ValueError(
+                f"evict needs a max_size: the store {self.path!r} was opened without one; pass "
+                "store.evict('50GB') or open it with CacheStore(..., max_size='50GB')"
+            )
+        if not dry_run:
+            self._check_maintenance("evict artifacts")
+        return _evict.evict(
+            self._backend,
+            limit,
+            target=target,
+            dry_run=dry_run,
+            keep=keep,
+            progress=progress,
+            now=now,
+        )
+
+    def import_legacy(self, *, progress: Progress | None = None) -> LegacyImportReport:
+        """Index the 2021 xpersist sidecars under this store's root, in place.
+
+        Payloads stay where they are; running it again changes nothing (see
+        :mod:`xpersist_sql.legacy`).
+
+        Raises
+        ------
+        FileNotFoundError
+            If the root has no ``xpersist_metadata_store`` directory.
+        ReadonlyStoreError
+            If the store is readonly.
+        """
+        self._check_maintenance("import a legacy store")
+        return import_legacy_into(self._backend, progress=progress)
 
     # -- locks ---------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -723,7 +835,8 @@ class CacheStore:
         return self.get(key)
 
     def __setitem__(self, key: str, value: Any) -> None:
-        self.put(key, value)
+        # a mapping's assignment replaces the value
+        self.put(key, value, on_duplicate_key=DuplicateKeyEnum.overwrite)
 
     def __delitem__(self, key: str) -> None:
         self.delete(key)
@@ -731,10 +844,54 @@ class CacheStore:
     def __contains__(self, key: object) -> bool:
         if not isinstance(key, str):
             return False
-        return self._index.contains(key)
+        rows = self._rows()
+        return False if rows is None else rows.contains(key)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.keys())
 
     def __len__(self) -> int:
-        return self._index.count()
+        rows = self._rows()
+        return 0 if rows is None else rows.count()
+
+
+def import_legacy(
+    path: str | os.PathLike[str],
+    *,
+    database_url: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+    progress: Progress | None = None,
+) -> LegacyImportReport:
+    """Index a store written by xpersist 2021 in place, so that ``CacheStore(path)`` serves it.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Root of the 2021 store (the directory holding ``xpersist_metadata_store/``).
+    database_url : str, optional
+        The index to record the rows in (default: as ``CacheStore(path)`` resolves it, the
+        embedded SQLite file for a local path).
+    storage_options : dict, optional
+        fsspec options for a remote path.
+    progress : callable, optional
+        ``progress("importing", done, total)``.
+
+    Returns
+    -------
+    LegacyImportReport
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` has no ``xpersist_metadata_store`` directory (nothing is created then).
+
+    Examples
+    --------
+    >>> report = import_legacy("/data/old-cache")  # doctest: +SKIP
+    >>> len(report.imported), [issue.key for issue in report.skipped]  # doctest: +SKIP
+    """
+    store = CacheStore(path, database_url=database_url, storage_options=storage_options)
+    try:
+        return store.import_legacy(progress=progress)
+    finally:
+        store.close()

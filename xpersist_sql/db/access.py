@@ -36,6 +36,7 @@ _log = logging.getLogger(__name__)
 _UPDATE = (
     update(ARTIFACTS)
     .where(
+        ARTIFACTS.c.store_id == bindparam("store"),
         ARTIFACTS.c.key == bindparam("k"),
         or_(
             ARTIFACTS.c.last_accessed_at.is_(None),
@@ -51,6 +52,8 @@ class AccessLog:
 
     Parameters
     ----------
+    store_id : int
+        The store whose rows are updated (its row id in the index).
     resolution : float
         Seconds during which further reads of a key are not recorded again.
     flush_interval : float
@@ -60,8 +63,13 @@ class AccessLog:
     """
 
     def __init__(
-        self, resolution: float = 60.0, flush_interval: float = 5.0, max_pending: int = 1000
+        self,
+        store_id: int,
+        resolution: float = 60.0,
+        flush_interval: float = 5.0,
+        max_pending: int = 1000,
     ) -> None:
+        self.store_id = store_id
         self.resolution = resolution
         self.flush_interval = flush_interval
         self.max_pending = max_pending
@@ -111,7 +119,7 @@ class AccessLog:
             self._last_flush = time.monotonic()
         if not pending:
             return 0
-        rows = [{"k": key, "at": at} for key, at in sorted(pending.items())]
+        rows = [{"store": self.store_id, "k": key, "at": at} for key, at in sorted(pending.items())]
         try:
             with engine.connect() as conn:
                 conn = conn.execution_options(**{WRITE_OPTION: True})

@@ -109,8 +109,46 @@ def _enable_wal(cursor: Any) -> None:
         delay = min(delay * 2, 0.1)
 
 
-def _sqlite_engine(url: URL) -> Engine:
+def _readonly_creator(db_file: Path) -> Any:
+    """Return a connection factory opening ``db_file`` read-only, never writing anything.
+
+    ``mode=ro`` first; a WAL database in a directory this process cannot write (a cache shared
+    by another user) cannot be opened that way when its ``-shm`` file is absent, and is then
+    read as an immutable snapshot.
+    """
+    target = db_file.resolve().as_posix()
+
+    def connect() -> sqlite3.Connection:
+        if not db_file.exists():
+            raise sqlite3.OperationalError(f"unable to open database file {db_file}")
+        timeout = SQLITE_BUSY_TIMEOUT_MS / 1000
+        conn = sqlite3.connect(
+            f"file:{target}?mode=ro", uri=True, timeout=timeout, check_same_thread=False
+        )
+        try:
+            conn.execute("PRAGMA schema_version").fetchone()
+            return conn
+        except sqlite3.OperationalError:
+            conn.close()
+        return sqlite3.connect(
+            f"file:{target}?immutable=1", uri=True, timeout=timeout, check_same_thread=False
+        )
+
+    return connect
+
+
+def _sqlite_engine(url: URL, *, readonly: bool = False) -> Engine:
     db_file = sqlite_path(url)
+    if readonly and db_file is not None:
+        engine = create_engine(url, creator=_readonly_creator(db_file), pool_pre_ping=False)
+
+        @event.listens_for(engine, "connect")
+        def _on_connect_readonly(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.isolation_level = None
+            dbapi_connection.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+            dbapi_connection.execute("PRAGMA query_only = ON")
+
+        return engine
     if db_file is not None:
         db_file.parent.mkdir(parents=True, exist_ok=True)
         fstype = network_filesystem_type(db_file.parent)
@@ -155,16 +193,17 @@ def _sqlite_engine(url: URL) -> Engine:
     return engine
 
 
-def create_index_engine(url: str | URL) -> Engine:
+def create_index_engine(url: str | URL, *, readonly: bool = False) -> Engine:
     """Create the engine for an index database URL.
 
     SQLite gets WAL, a busy timeout, foreign keys and ``BEGIN IMMEDIATE`` for writes;
-    PostgreSQL a small pre-pinged pool.
+    PostgreSQL a small pre-pinged pool. ``readonly`` opens a SQLite file read-only (no WAL
+    switch, no directory created, nothing written).
     """
     parsed = make_url(url)
     backend = parsed.get_backend_name()
     if backend == "sqlite":
-        return _sqlite_engine(parsed)
+        return _sqlite_engine(parsed, readonly=readonly)
     if backend == "postgresql" and parsed.drivername == "postgresql":
         # psycopg 3 is the supported driver; a bare postgresql:// would pick psycopg2.
         parsed = parsed.set(drivername="postgresql+psycopg")

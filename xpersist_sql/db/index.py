@@ -1,20 +1,40 @@
-"""Reads and writes of artifact rows: one short transaction per operation."""
+"""Reads and writes of one store's artifact rows: one short transaction per operation.
+
+Every statement here is restricted to the store the :class:`ArtifactIndex` was made for, so that
+several stores can share one database and each sees and changes only its own rows.
+"""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+import hashlib
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Select, delete, func, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Row,
+    Select,
+    case,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ..models import Artifact
+from ..query import ArtifactQuery, SummaryRow
 from .engine import WRITE_OPTION
+from .queries import fetch_artifacts, summarize
 from .tables import ARTIFACTS, TAGS
 
-__all__ = ["ArtifactIndex", "promoted_columns", "tags_of"]
+__all__ = ["ArtifactIndex", "key_prefixes", "promoted_columns", "row_to_artifact", "tags_of"]
 
 PROMOTED_LENGTHS = {"flow_name": 512, "task_name": 512, "flow_run_id": 64, "task_run_id": 64}
 TAG_FIELDS = ("task_tags", "tags")
@@ -72,18 +92,37 @@ def row_to_artifact(row: Any) -> Artifact:
     return Artifact.model_construct(**values)
 
 
+def key_prefixes(key: str) -> list[str]:
+    """Return the proper path prefixes of ``key``: ``a/b/c`` -> ``["a", "a/b"]``."""
+    parts = key.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def _namespace_lock_id(store_id: int, key: str) -> int:
+    head = key.split("/", 1)[0]
+    digest = hashlib.sha256(f"xpersist_sql:keys:{store_id}:{head}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+_LAST_USED = func.coalesce(ARTIFACTS.c.last_accessed_at, ARTIFACTS.c.created_at)
+
+
 class ArtifactIndex:
-    """The artifact rows of one index database.
+    """The artifact rows of one store in an index database.
 
     Parameters
     ----------
     engine : Engine
         An engine made by :func:`~xpersist_sql.db.engine.create_index_engine` whose schema is at
         head.
+    store_id : int
+        The store's row id in ``xpersist_stores``: every read and write is limited to its rows.
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, store_id: int) -> None:
         self.engine = engine
+        self.store_id = store_id
+        self._mine = ARTIFACTS.c.store_id == store_id
 
     # -- transactions ----------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -105,7 +144,7 @@ class ArtifactIndex:
         self, conn: Connection, key: str, *, for_update: bool = False
     ) -> tuple[int, Artifact] | None:
         """Return ``(id, artifact)`` for ``key`` (expired or not), or None."""
-        stmt: Select[Any] = select(ARTIFACTS).where(ARTIFACTS.c.key == key)
+        stmt: Select[Any] = select(ARTIFACTS).where(self._mine, ARTIFACTS.c.key == key)
         if for_update and conn.dialect.name == "postgresql":
             stmt = stmt.with_for_update()
         row = conn.execute(stmt).first()
@@ -119,7 +158,7 @@ class ArtifactIndex:
 
     def keys(self, *, include_expired: bool = False) -> list[str]:
         """Return the stored keys, sorted."""
-        stmt = select(ARTIFACTS.c.key).order_by(ARTIFACTS.c.key)
+        stmt = select(ARTIFACTS.c.key).where(self._mine).order_by(ARTIFACTS.c.key)
         if not include_expired:
             stmt = stmt.where(not_expired())
         with self.read() as conn:
@@ -127,7 +166,7 @@ class ArtifactIndex:
 
     def count(self, *, include_expired: bool = False) -> int:
         """Return the number of stored artifacts."""
-        stmt = select(func.count()).select_from(ARTIFACTS)
+        stmt = select(func.count()).select_from(ARTIFACTS).where(self._mine)
         if not include_expired:
             stmt = stmt.where(not_expired())
         with self.read() as conn:
@@ -135,37 +174,151 @@ class ArtifactIndex:
 
     def contains(self, key: str) -> bool:
         """Return whether an unexpired artifact is stored under ``key``."""
-        stmt = select(ARTIFACTS.c.id).where(ARTIFACTS.c.key == key, not_expired())
+        stmt = select(ARTIFACTS.c.id).where(self._mine, ARTIFACTS.c.key == key, not_expired())
         with self.read() as conn:
             return conn.execute(stmt).first() is not None
 
+    def query(self, spec: ArtifactQuery) -> list[Artifact]:
+        """Return the artifacts matching ``spec`` (see :mod:`xpersist_sql.db.queries`)."""
+        with self.read() as conn:
+            return fetch_artifacts(conn, spec, self.store_id)
+
+    def summarize(self, spec: ArtifactQuery, by: str) -> list[SummaryRow]:
+        """Count and add up the sizes of the artifacts matching ``spec``, per value of ``by``."""
+        with self.read() as conn:
+            return summarize(conn, spec, by, self.store_id)
+
+    def total_size(self) -> tuple[int, int]:
+        """Return ``(total bytes, number of artifacts)`` of every row, expired ones included."""
+        stmt = select(func.coalesce(func.sum(ARTIFACTS.c.size_bytes), 0), func.count()).where(
+            self._mine
+        )
+        with self.read() as conn:
+            total, count = conn.execute(stmt).one()
+        return int(total or 0), int(count or 0)
+
+    def all_keys(self) -> set[str]:
+        """Return every key of the store, expired ones included."""
+        with self.read() as conn:
+            return set(conn.scalars(select(ARTIFACTS.c.key).where(self._mine)))
+
+    def keys_with_fingerprint(self, fingerprint: str) -> list[str]:
+        """Return the keys whose recorded fingerprint is ``fingerprint``."""
+        stmt = select(ARTIFACTS.c.key).where(self._mine, ARTIFACTS.c.fingerprint == fingerprint)
+        with self.read() as conn:
+            return list(conn.scalars(stmt))
+
+    def covered(self, relative: str) -> bool:
+        """Whether a key is ``relative``, lies inside it, or contains it."""
+        with self.read() as conn:
+            return self.conflicting_key(conn, relative, include_self=True) is not None
+
+    def expired_rows(self, now: datetime) -> Sequence[Row[Any, Any, Any, Any]]:
+        """Rows ``(id, key, created_at, size_bytes)`` expired at ``now`` and created before it."""
+        stmt = (
+            select(ARTIFACTS.c.id, ARTIFACTS.c.key, ARTIFACTS.c.created_at, ARTIFACTS.c.size_bytes)
+            .where(self._mine, ARTIFACTS.c.expires_at <= now, ARTIFACTS.c.created_at < now)
+            .order_by(ARTIFACTS.c.expires_at)
+        )
+        with self.read() as conn:
+            return conn.execute(stmt).all()
+
+    def eviction_candidates(
+        self, now: datetime, excess: int, keep: Collection[str] = ()
+    ) -> list[Row[Any, Any, Any, Any, Any]]:
+        """Least recently used rows created before ``now`` adding up to ``excess`` bytes.
+
+        Expired rows come first. Each row is ``(id, key, created_at, size_bytes, last_used)``.
+        """
+        expired_first = case((ARTIFACTS.c.expires_at <= now, 0), else_=1)
+        stmt = (
+            select(
+                ARTIFACTS.c.id,
+                ARTIFACTS.c.key,
+                ARTIFACTS.c.created_at,
+                ARTIFACTS.c.size_bytes,
+                _LAST_USED.label("last_used"),
+            )
+            .where(self._mine, ARTIFACTS.c.created_at < now)
+            .order_by(expired_first, _LAST_USED, ARTIFACTS.c.id)
+        )
+        candidates: list[Row[Any, Any, Any, Any, Any]] = []
+        planned = 0
+        with self.read() as conn:
+            for row in conn.execute(stmt).yield_per(1000):
+                if row.key in keep:
+                    continue
+                candidates.append(row)
+                planned += int(row.size_bytes or 0)
+                if planned >= excess:
+                    break
+        return candidates
+
+    def id_range(self) -> tuple[int | None, int]:
+        """Return ``(largest row id, number of rows)`` of the store."""
+        stmt = select(func.max(ARTIFACTS.c.id), func.count()).where(self._mine)
+        with self.read() as conn:
+            last, total = conn.execute(stmt).one()
+        return (None if last is None else int(last)), int(total or 0)
+
+    def batch_after(self, after: int, last: int, size: int) -> list[tuple[int, Artifact]]:
+        """Return up to ``size`` ``(id, artifact)`` with ``after < id <= last``, by id."""
+        stmt = (
+            select(ARTIFACTS)
+            .where(self._mine, ARTIFACTS.c.id > after, ARTIFACTS.c.id <= last)
+            .order_by(ARTIFACTS.c.id)
+            .limit(size)
+        )
+        with self.read() as conn:
+            return [(int(row.id), row_to_artifact(row)) for row in conn.execute(stmt)]
+
     # -- writes (inside a ``write()`` transaction) -----------------------------------------------
-    @staticmethod
-    def _values(artifact: Artifact) -> dict[str, Any]:
+    def _values(self, artifact: Artifact) -> dict[str, Any]:
         values = {field: getattr(artifact, field) for field in _ROW_FIELDS}
         values.update(promoted_columns(artifact.additional_metadata))
+        values["store_id"] = self.store_id
         return values
+
+    def conflicting_key(
+        self, conn: Connection, key: str, *, include_self: bool = False
+    ) -> str | None:
+        """Return a stored key that contains ``key`` or lies inside it (``a`` vs ``a/b``).
+
+        In a write transaction this is decided atomically with the insert that follows: SQLite
+        writers are serialized by ``BEGIN IMMEDIATE``; on PostgreSQL the transaction first takes
+        an advisory lock on the key's first path segment in this store, which every key that
+        could overlap shares.
+        """
+        if conn.dialect.name == "postgresql" and conn.get_execution_options().get(WRITE_OPTION):
+            conn.execute(
+                text("SELECT pg_advisory_xact_lock(:id)"),
+                {"id": _namespace_lock_id(self.store_id, key)},
+            )
+        prefixes = key_prefixes(key)
+        if include_self:
+            prefixes.append(key)
+        inside = (ARTIFACTS.c.key >= key + "/") & (ARTIFACTS.c.key < key + "0")
+        condition = or_(ARTIFACTS.c.key.in_(prefixes), inside) if prefixes else inside
+        stmt = select(ARTIFACTS.c.key).where(self._mine, condition).limit(1)
+        found = conn.execute(stmt).scalar()
+        return None if found is None else str(found)
 
     def insert_if_absent(self, conn: Connection, artifact: Artifact) -> int | None:
         """Insert the row unless the key exists; return the new id, None on a conflict.
 
-        The unique key constraint decides: of two concurrent writers exactly one inserts.
+        The unique ``(store_id, key)`` constraint decides: of two concurrent writers exactly one
+        inserts.
         """
         dialect = conn.dialect.name
         values = self._values(artifact)
         stmt: Any
+        conflict = [ARTIFACTS.c.store_id, ARTIFACTS.c.key]
         if dialect == "postgresql":
-            stmt = (
-                postgresql.insert(ARTIFACTS)
-                .values(values)
-                .on_conflict_do_nothing(index_elements=[ARTIFACTS.c.key])
-            )
+            stmt = postgresql.insert(ARTIFACTS).values(values)
+            stmt = stmt.on_conflict_do_nothing(index_elements=conflict)
         elif dialect == "sqlite":
-            stmt = (
-                sqlite.insert(ARTIFACTS)
-                .values(values)
-                .on_conflict_do_nothing(index_elements=[ARTIFACTS.c.key])
-            )
+            stmt = sqlite.insert(ARTIFACTS).values(values)
+            stmt = stmt.on_conflict_do_nothing(index_elements=conflict)
         else:  # pragma: no cover - other backends are not supported yet
             stmt = insert(ARTIFACTS).values(values)
         new_id = conn.execute(stmt.returning(ARTIFACTS.c.id)).scalar()
@@ -176,7 +329,9 @@ class ArtifactIndex:
     def replace(self, conn: Connection, artifact_id: int, artifact: Artifact) -> None:
         """Overwrite the row ``artifact_id`` with ``artifact``."""
         conn.execute(
-            update(ARTIFACTS).where(ARTIFACTS.c.id == artifact_id).values(self._values(artifact))
+            update(ARTIFACTS)
+            .where(self._mine, ARTIFACTS.c.id == artifact_id)
+            .values(self._values(artifact))
         )
         conn.execute(delete(TAGS).where(TAGS.c.artifact_id == artifact_id))
         self._set_tags(conn, artifact_id, artifact)
@@ -187,7 +342,7 @@ class ArtifactIndex:
         """Record a payload's size and fingerprint."""
         conn.execute(
             update(ARTIFACTS)
-            .where(ARTIFACTS.c.id == artifact_id)
+            .where(self._mine, ARTIFACTS.c.id == artifact_id)
             .values(size_bytes=size_bytes, fingerprint=fingerprint)
         )
 
@@ -207,6 +362,10 @@ class ArtifactIndex:
         found = self.fetch(conn, key, for_update=True)
         if found is None:
             return None
-        conn.execute(delete(TAGS).where(TAGS.c.artifact_id == found[0]))
-        conn.execute(delete(ARTIFACTS).where(ARTIFACTS.c.id == found[0]))
+        self.remove_id(conn, found[0])
         return found[1]
+
+    def remove_id(self, conn: Connection, artifact_id: int) -> None:
+        """Delete the row ``artifact_id`` of this store and its tags."""
+        conn.execute(delete(TAGS).where(TAGS.c.artifact_id == artifact_id))
+        conn.execute(delete(ARTIFACTS).where(self._mine, ARTIFACTS.c.id == artifact_id))

@@ -16,8 +16,10 @@ import functools
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import filelock
+import fsspec
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -26,8 +28,9 @@ from alembic.util.exc import CommandError
 from sqlalchemy import Connection, Engine, inspect, text
 
 from .._version import __version__
-from ..errors import SchemaVersionError
-from .engine import WRITE_OPTION, redact_url, sqlite_path
+from ..errors import SchemaVersionError, StoreNotFoundError
+from ..marker import HIDDEN_DIR, create_marker, store_root_url
+from .engine import WRITE_OPTION, create_index_engine, redact_url, sqlite_path
 from .tables import ARTIFACTS
 
 __all__ = [
@@ -38,9 +41,15 @@ __all__ = [
     "head_revision",
     "migrations_dir",
     "run_alembic",
+    "schema_lock",
+    "upgrade",
 ]
 
 VERSION_TABLE = "xpersist_sql_alembic_version"
+#: ``config.attributes`` entry through which revision 0004 learns the store of existing rows.
+STORE_ATTRIBUTE = "xpersist_store"
+#: File name of the embedded SQLite index inside a store's hidden directory.
+INDEX_FILENAME = "index.sqlite"
 _PG_LOCK_ID = int.from_bytes(
     hashlib.sha256(b"xpersist_sql schema").digest()[:8], "big", signed=True
 )
@@ -86,17 +95,44 @@ def current_revision(connection: Connection) -> str | None:
     return context.get_current_revision()
 
 
-def run_alembic(engine: Engine, action: str, *args: object, **kwargs: object) -> None:
+def run_alembic(
+    engine: Engine,
+    action: str,
+    *args: object,
+    attributes: dict[str, Any] | None = None,
+    **kwargs: object,
+) -> None:
     """Run an Alembic command (``upgrade``, ``downgrade``, ``current``, ...) on ``engine``.
 
-    Migrations run in one write transaction on a connection shared with Alembic.
+    Migrations run in one write transaction on a connection shared with Alembic;
+    ``attributes`` are added to the Alembic config's ``attributes``.
     """
     with engine.connect() as connection:
-        connection = connection.execution_options(**{WRITE_OPTION: True})
-        config = alembic_config(connection=connection)
-        getattr(command, action)(config, *args, **kwargs)
-        if connection.in_transaction():
-            connection.commit()
+        sqlite = engine.dialect.name == "sqlite"
+        if sqlite:
+            # Batch migrations rebuild a table (copy, drop, rename): with foreign keys enforced,
+            # dropping the artifacts table would cascade to the tags. SQLite ignores this pragma
+            # inside a transaction, so it is set on the driver connection before any BEGIN.
+            _driver_execute(connection, "PRAGMA foreign_keys = OFF")
+        try:
+            connection = connection.execution_options(**{WRITE_OPTION: True})
+            config = alembic_config(connection=connection)
+            config.attributes.update(attributes or {})
+            getattr(command, action)(config, *args, **kwargs)
+            if connection.in_transaction():
+                connection.commit()
+        finally:
+            if sqlite:
+                if connection.in_transaction():
+                    connection.rollback()
+                _driver_execute(connection, "PRAGMA foreign_keys = ON")
+
+
+def _driver_execute(connection: Connection, statement: str) -> None:
+    """Run ``statement`` on the DBAPI connection itself, outside SQLAlchemy's transactions."""
+    driver = connection.connection.driver_connection
+    assert driver is not None
+    driver.execute(statement)
 
 
 def _describe(url: str, store: str | None) -> str:
@@ -109,7 +145,11 @@ def _upgrade_hint(url: str, store: str | None) -> str:
 
 
 @contextlib.contextmanager
-def _creation_lock(engine: Engine) -> Iterator[None]:
+def schema_lock(engine: Engine) -> Iterator[None]:
+    """Hold the lock under which the schema is created or migrated (one holder at a time).
+
+    An advisory lock on PostgreSQL, a file lock next to a SQLite file.
+    """
     db_file = sqlite_path(engine.url)
     if engine.dialect.name == "postgresql":
         with engine.connect() as conn:
@@ -162,7 +202,7 @@ def ensure_schema(engine: Engine, *, store: str | None = None, readonly: bool = 
         )
     # Whatever we saw may be another process creating the schema right now: decide under the
     # creation lock, which that process holds until its migration transaction has committed.
-    with _creation_lock(engine):
+    with schema_lock(engine):
         current = _check(engine)
         if current == "" and not readonly:
             run_alembic(engine, "upgrade", "head")
@@ -194,3 +234,84 @@ def ensure_schema(engine: Engine, *, store: str | None = None, readonly: bool = 
         "Upgrade the package (pip install -U xpersist_sql), or downgrade the index with the "
         f"newer version: xpersist-sql db downgrade {head}"
     )
+
+
+def embedded_root(url: str) -> str | None:
+    """Return the store root of an embedded SQLite index URL (``<root>/.xpersist_sql/...``)."""
+    db_file = sqlite_path(url)
+    if db_file is None or db_file.parent.name != HIDDEN_DIR:
+        return None
+    return str(db_file.parent.parent)
+
+
+def upgrade(
+    url: str,
+    revision: str = "head",
+    *,
+    store_root: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> tuple[str | None, str | None]:
+    """Migrate the index at ``url`` to ``revision`` under the schema lock.
+
+    The same lock as a store's first open is held, so that concurrent upgrades (and stores
+    opening meanwhile) wait for each other instead of failing half-way. Rows written before
+    revision 0004 are given to the store at ``store_root`` (default: the store an embedded
+    SQLite index lives in), whose marker is created if it has none.
+
+    Parameters
+    ----------
+    url : str
+        SQLAlchemy URL of the index.
+    revision : str
+        Target revision: ``head``, ``+1``, an id.
+    store_root : str, optional
+        Root (path or fsspec URL) of the store whose index this is.
+    storage_options : dict, optional
+        fsspec options for a remote ``store_root``.
+
+    Returns
+    -------
+    tuple
+        The revision before and after (None: no schema).
+
+    Raises
+    ------
+    StoreNotFoundError
+        If ``url`` is the embedded index of ``store_root`` and that index does not exist.
+    SchemaVersionError
+        If the migration cannot run (e.g. rows whose store is not known).
+    """
+    db_file = sqlite_path(url)
+    root = store_root if store_root is not None else embedded_root(url)
+    if db_file is not None and not db_file.exists() and store_root is not None:
+        raise StoreNotFoundError(
+            f"no xpersist_sql store at {store_root!r}: it has no index {db_file}; check the path "
+            "(a store is created by its first put)"
+        )
+
+    def store_of_existing_rows() -> dict[str, str]:
+        if root is None:
+            return {}
+        fs, path = fsspec.core.url_to_fs(root, **(storage_options or {}))
+        marker = create_marker(fs, path)
+        return {"uid": marker.store_id, "root": store_root_url(fs, path)}
+
+    engine = create_index_engine(url)
+    try:
+        with schema_lock(engine):
+            with engine.connect() as conn:
+                before = current_revision(conn)
+            try:
+                run_alembic(
+                    engine,
+                    "upgrade",
+                    revision,
+                    attributes={STORE_ATTRIBUTE: store_of_existing_rows},
+                )
+            except RuntimeError as exc:
+                raise SchemaVersionError(f"cannot upgrade {redact_url(url)}: {exc}") from exc
+            with engine.connect() as conn:
+                after = current_revision(conn)
+    finally:
+        engine.dispose()
+    return before, after

@@ -22,10 +22,11 @@ from sqlalchemy import (
     String,
     Table,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
-__all__ = ["ARTIFACTS", "METADATA", "TAGS", "JSONType", "UTCDateTime"]
+__all__ = ["ARTIFACTS", "METADATA", "STORES", "TAGS", "JSONType", "KeyType", "UTCDateTime"]
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -41,6 +42,10 @@ JSONType = JSON().with_variant(JSONB(), "postgresql")
 
 #: Primary keys: BIGINT on PostgreSQL, INTEGER (the rowid) on SQLite.
 IdType = BigInteger().with_variant(Integer(), "sqlite")
+
+#: Keys compare byte-wise everywhere (collation "C" on PostgreSQL, SQLite's BINARY), so that the
+#: range ``'a/' <= key < 'a0'`` (the keys inside ``a``) is one scan of the unique index.
+KeyType = String(1024).with_variant(String(1024, collation="C"), "postgresql")
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -66,11 +71,24 @@ class UTCDateTime(TypeDecorator[datetime]):
         return stored.astimezone(timezone.utc)
 
 
+STORES = Table(
+    "xpersist_stores",
+    METADATA,
+    Column("id", IdType, primary_key=True, autoincrement=True),
+    # the id in the store's marker (.xpersist_sql/store.json): the store's identity
+    Column("uid", String(32), nullable=False, unique=True),
+    # where the store was last opened for writing (information; identity is the uid)
+    Column("root", String(2048), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+)
+
 ARTIFACTS = Table(
     "xpersist_artifacts",
     METADATA,
     Column("id", IdType, primary_key=True, autoincrement=True),
-    Column("key", String(1024), nullable=False, unique=True),
+    # every row belongs to one store (revision 0004); keys are unique per store
+    Column("store_id", IdType, ForeignKey(STORES.c.id), nullable=False),
+    Column("key", KeyType, nullable=False),
     Column("serializer", String(128), nullable=False),
     Column("load_kwargs", JSONType, nullable=False),
     Column("dump_kwargs", JSONType, nullable=False),
@@ -88,14 +106,16 @@ ARTIFACTS = Table(
     Column("task_run_id", String(64), nullable=True),
     # when the artifact was last read (revision 0003), recorded in batches: LRU eviction
     Column("last_accessed_at", UTCDateTime(), nullable=True),
-    Index(None, "created_at"),
-    Index(None, "expires_at"),
-    # (column, created_at, id): newest-first queries (ties broken by id) read them in order
-    Index(None, "flow_name", "created_at", "id"),
-    Index(None, "task_name", "created_at", "id"),
-    Index(None, "serializer", "created_at", "id"),
-    Index(None, "flow_run_id"),
-    Index(None, "task_run_id"),
+    UniqueConstraint("store_id", "key"),
+    # (store_id, column, created_at, id): one store's newest-first queries (ties broken by id)
+    # read them in order
+    Index(None, "store_id", "created_at", "id"),
+    Index(None, "store_id", "expires_at"),
+    Index(None, "store_id", "flow_name", "created_at", "id"),
+    Index(None, "store_id", "task_name", "created_at", "id"),
+    Index(None, "store_id", "serializer", "created_at", "id"),
+    Index(None, "store_id", "flow_run_id", "created_at", "id"),
+    Index(None, "store_id", "task_run_id", "created_at", "id"),
     Index(None, "last_accessed_at"),
 )
 

@@ -1,0 +1,396 @@
+"""The store backend: one store's payload storage, its rows in the index, and the write protocol.
+
+:class:`StoreBackend` is the seam between :class:`~xpersist_sql.CacheStore` (configuration,
+serializers, policies, messages) and the parts it composes (:mod:`~xpersist_sql.storage`,
+:mod:`~xpersist_sql.db`). It knows what the store owns:
+
+- **its identity**: the id in the store's marker (``.xpersist_sql/store.json``), recorded in the
+  index's ``xpersist_stores`` table. Only its rows are read or changed; a marker the index does
+  not know, or a root the index knows under another id, is a :class:`StoreMismatchError`.
+- **its files**: payloads leave their key only through :meth:`PayloadStorage.take
+  <xpersist_sql.storage.PayloadStorage.take>` (validated key, no symlink, no nested store, never
+  outside the root) and are deleted only from the hidden trash, after the removing transaction
+  committed (:meth:`transact`, after diskcache's ``Cache._transact``).
+
+Reading creates nothing: a store without a marker has no rows, and its index is not opened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine
+
+from .db.access import AccessLog
+from .db.engine import create_index_engine, redact_url, sqlite_path
+from .db.index import ArtifactIndex
+from .db.schema import ensure_schema
+from .db.stores import find_store, register_store, set_store_root, stores_at_root
+from .errors import InvalidKeyError, OverlappingKeyError, StoreMismatchError, StoreNotFoundError
+from .marker import HIDDEN_DIR, StoreMarker, create_marker, read_marker, store_root_url
+from .models import Artifact
+from .storage import PayloadStorage, validate_key
+
+__all__ = ["Changes", "StoreBackend"]
+
+
+@dataclass
+class Changes:
+    """Payloads a write transaction moved out of their keys, as ``(trash path, key)``.
+
+    After COMMIT they are purged; if the transaction fails they are put back at their keys.
+    """
+
+    displaced: list[tuple[str, str]] = field(default_factory=list)
+
+    def add(self, trash: str | None, key: str) -> None:
+        """Record that the payload of ``key`` now lies at ``trash`` (no-op for None)."""
+        if trash is not None:
+            self.displaced.append((trash, key))
+
+
+class StoreBackend:
+    """Payload storage, index rows and write protocol of one store.
+
+    Parameters
+    ----------
+    storage : PayloadStorage
+        The store's files.
+    database_url : str
+        SQLAlchemy URL of the index.
+    readonly : bool
+        Open the index read-only and never write anything.
+    """
+
+    def __init__(self, storage: PayloadStorage, database_url: str, *, readonly: bool) -> None:
+        self.storage = storage
+        self.database_url = database_url
+        self.readonly = readonly
+        self.root_url = store_root_url(storage.fs, storage.root)
+        self._lock = threading.Lock()
+        self._pid: int | None = None
+        self._engine: Engine | None = None
+        self._index: ArtifactIndex | None = None
+        self._access: AccessLog | None = None
+
+    # -- identity ----------------------------------------------------------------------------------
+    def marker(self) -> StoreMarker | None:
+        """Return the store's marker, or None if the root is not (yet) a store."""
+        return read_marker(self.storage.fs, self.storage.root)
+
+    def _embedded_index(self) -> bool:
+        db_file = sqlite_path(self.database_url)
+        return db_file is not None and db_file.parent == _local_hidden_dir(self.storage)
+
+    def is_store(self) -> bool:
+        """Whether the root holds a store: a marker, or an embedded index of an older version."""
+        if self.marker() is not None:
+            return True
+        db_file = sqlite_path(self.database_url)
+        return self._embedded_index() and db_file is not None and db_file.exists()
+
+    def require_store(self) -> None:
+        """Raise :class:`StoreNotFoundError` unless the root holds a store."""
+        if self.is_store():
+            return
+        raise StoreNotFoundError(
+            f"no xpersist_sql store at {self.storage.url()!r}: it has no "
+            f"{HIDDEN_DIR}/store.json marker. Check the path (and --db / database_url); a store "
+            "is created by its first put. A store written by an older xpersist_sql is upgraded "
+            f"with `xpersist-sql db upgrade --store {self.storage.url()}`"
+        )
+
+    def _has_payloads(self) -> bool:
+        try:
+            entries = self.storage.fs.ls(self.storage.root, detail=False)
+        except FileNotFoundError:
+            return False
+        root = self.storage.root.rstrip("/")
+        return any(entry.rstrip("/") not in (root, f"{root}/{HIDDEN_DIR}") for entry in entries)
+
+    @property
+    def engine(self) -> Engine:
+        """The index's engine (schema checked, created at head for a new database)."""
+        with self._lock:
+            return self._engine_locked()
+
+    def _engine_locked(self) -> Engine:
+        pid = os.getpid()
+        if self._engine is not None and self._pid != pid:
+            # Never close the parent's connections from a forked child: drop them.
+            self._engine.dispose(close=False)
+            self._engine, self._index, self._access = None, None, None
+        if self._engine is None:
+            engine = create_index_engine(self.database_url, readonly=self.readonly)
+            try:
+                ensure_schema(engine, store=self.storage.url(), readonly=self.readonly)
+            except BaseException:
+                engine.dispose()
+                raise
+            self._engine, self._pid = engine, pid
+        return self._engine
+
+    def index(self, *, create: bool = False) -> ArtifactIndex | None:
+        """Return the store's rows; None when the root is not a store and ``create`` is False.
+
+        With ``create`` (a first write) the marker is written and the store recorded in the
+        index.
+
+        Raises
+        ------
+        StoreMismatchError
+            If the marker and the index disagree about which store this is.
+        """
+        index = self._index
+        if index is not None and self._pid == os.getpid():
+            return index
+        with self._lock:
+            if self._index is not None and self._pid == os.getpid():
+                return self._index
+            marker = self.marker()
+            fresh = False
+            if marker is None:
+                if not create or self.readonly:
+                    if self._embedded_index() and self.is_store():
+                        self._engine_locked()  # an older index: SchemaVersionError says how
+                    return None
+                self.storage.fs.makedirs(self.storage.root, exist_ok=True)
+                marker = create_marker(self.storage.fs, self.storage.root)
+                fresh = True
+            engine = self._engine_locked()
+            with engine.connect() as conn:
+                known = find_store(conn, marker.store_id)
+                others = [row for row in stores_at_root(conn, self.root_url) if known != row]
+            if known is None:
+                self._check_unknown(marker, fresh, [row.uid for row in others])
+                with contextlib.closing(engine.connect()) as conn, conn.begin():
+                    known = register_store(conn, marker.store_id, self.root_url)
+            elif known.root != self.root_url and not self.readonly:
+                with contextlib.closing(engine.connect()) as conn, conn.begin():
+                    set_store_root(conn, known.id, self.root_url)  # moved or copied whole
+            self._index = ArtifactIndex(engine, known.id)
+            self._access = AccessLog(known.id)
+            return self._index
+
+    def _check_unknown(self, marker: StoreMarker, fresh: bool, others: list[str]) -> None:
+        where = f"the index {redact_url(self.database_url)}"
+        if others:
+            raise StoreMismatchError(
+                f"the store at {self.storage.url()!r} has id {marker.store_id} in its marker, but "
+                f"{where} records the store {', '.join(others)} at that path (the folder was "
+                "replaced, or its .xpersist_sql/store.json removed). Open it with the database "
+                "it belongs to, restore its marker, or use another path"
+            )
+        if self.readonly or (not fresh and self._has_payloads()):
+            raise StoreMismatchError(
+                f"the store at {self.storage.url()!r} (id {marker.store_id}) is not recorded in "
+                f"{where}: its artifacts are indexed in another database. Pass the database_url "
+                "(--db) it was written with; to start an empty store here instead, remove its "
+                f"{HIDDEN_DIR}/store.json"
+            )
+
+    # -- access recording --------------------------------------------------------------------------
+    def record_access(self, key: str) -> None:
+        """Note a read of ``key`` for LRU eviction (batched and throttled)."""
+        if self.readonly or self._access is None:
+            return
+        self._access.record(key, lambda: self.engine)
+
+    def flush_accesses(self) -> None:
+        """Write the last-access times this process has not recorded yet."""
+        access = self._access
+        if access is not None and access.pending and self._pid == os.getpid():
+            access.flush(self.engine)
+
+    def close(self) -> None:
+        """Write pending accesses and dispose of the index's connections."""
+        self.flush_accesses()
+        with self._lock:
+            if self._engine is not None and self._pid == os.getpid():
+                self._engine.dispose()
+            self._engine, self._index, self._access = None, None, None
+
+    # -- the write protocol ------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def transact(self, index: ArtifactIndex) -> Iterator[tuple[Connection, Changes]]:
+        """Open a write transaction; purge what it displaced after COMMIT, restore on failure."""
+        changes = Changes()
+        try:
+            with index.write() as conn:
+                yield conn, changes
+        except BaseException:
+            for trash, key in reversed(changes.displaced):
+                self.storage.restore(trash, key)
+            raise
+        for trash, _key in changes.displaced:
+            self.storage.purge(trash)
+
+    def write(
+        self,
+        staged: str,
+        artifact: Artifact,
+        decide: Callable[[Artifact], Artifact | None],
+    ) -> Artifact:
+        """Publish the staged payload at ``artifact.key`` and record its row, atomically.
+
+        ``decide(existing)`` is called (inside the transaction) when an artifact holds the key:
+        it returns the artifact to give back unchanged, or None to replace it (it may raise).
+
+        Raises
+        ------
+        OverlappingKeyError
+            If a stored key contains the key or lies inside it.
+        """
+        index = self.index(create=True)
+        assert index is not None
+        key = artifact.key
+        storage = self.storage
+        with self.transact(index) as (conn, changes):
+            conflict = index.conflicting_key(conn, key)
+            if conflict is not None:
+                raise OverlappingKeyError(
+                    f"cannot store key {key!r} in store {storage.url()!r}: it "
+                    + (
+                        f"lies inside the stored key {conflict!r}"
+                        if key.startswith(conflict + "/")
+                        else f"contains the stored key {conflict!r}"
+                    )
+                    + ". A key may not contain or lie inside another key; choose another key, "
+                    f"or delete {conflict!r} first"
+                )
+            artifact_id = index.insert_if_absent(conn, artifact)
+            while artifact_id is None:
+                found = index.fetch(conn, key, for_update=True)
+                if found is None:
+                    # PostgreSQL: a concurrent delete committed between our conflicting insert
+                    # and this read; the key is free again, insert once more.
+                    artifact_id = index.insert_if_absent(conn, artifact)
+                    continue
+                artifact_id, existing = found
+                kept = decide(existing)
+                if kept is not None:
+                    return kept
+                index.replace(conn, artifact_id, artifact)
+            changes.add(storage.publish(staged, key), key)
+            if not storage.is_local:
+                # object stores copy on move: fingerprint what now lies at the key
+                final = storage.stat(storage.path(key))
+                index.update_stat(
+                    conn, artifact_id, size_bytes=final.size_bytes, fingerprint=final.fingerprint
+                )
+                artifact = artifact.model_copy(
+                    update={"size_bytes": final.size_bytes, "fingerprint": final.fingerprint}
+                )
+        return artifact
+
+    def delete(self, key: str) -> Artifact | None:
+        """Remove the row of ``key``, then its payload; return the row, None if absent."""
+        index = self.index()
+        if index is None:
+            return None
+        with self.transact(index) as (conn, changes):
+            artifact = index.remove(conn, key)
+            if artifact is None:
+                return None
+            # Still inside the transaction: a concurrent put of the same key waits for it, so
+            # the payload it publishes next cannot be the one removed here.
+            changes.add(self.storage.take(key), key)
+        return artifact
+
+    def remove_if(
+        self,
+        key: str,
+        artifact_id: int,
+        created_at: datetime,
+        still: Callable[[Artifact], bool] = lambda artifact: True,
+    ) -> Artifact | None:
+        """Remove the row of ``key`` and its payload if the row is still the one that was seen.
+
+        Returns the removed artifact, or None when the row is gone, was replaced (another id or
+        ``created_at``) or no longer satisfies ``still``.
+
+        Raises
+        ------
+        InvalidKeyError
+            For a row whose key is not a valid key (it is never acted on).
+        """
+        validate_key(key, store=self.storage.url())
+        index = self.index()
+        if index is None:
+            return None
+        with self.transact(index) as (conn, changes):
+            found = index.fetch(conn, key, for_update=True)
+            if found is None:
+                return None
+            found_id, artifact = found
+            if found_id != artifact_id or artifact.created_at != created_at or not still(artifact):
+                return None
+            index.remove_id(conn, found_id)
+            changes.add(self.storage.take(key), key)
+        return artifact
+
+    def drop_if_missing(self, key: str) -> bool:
+        """Drop the row of ``key`` if its payload is (still) gone; return whether it was."""
+        try:
+            validate_key(key, store=self.storage.url())
+        except InvalidKeyError:
+            return False
+        index = self.index()
+        if index is None:
+            return False
+        with index.write() as conn:
+            found = index.fetch(conn, key, for_update=True)
+            if found is None or self.storage.exists(key):
+                return False
+            index.remove_id(conn, found[0])
+        return True
+
+    # -- readers' side of the protocol -------------------------------------------------------------
+    def payload_matches(self, artifact: Artifact) -> bool:
+        """Whether the payload at the artifact's key is the one its row describes."""
+        if artifact.fingerprint is None:
+            return True
+        try:
+            current = self.storage.stat(self.storage.path(artifact.key))
+        except FileNotFoundError:
+            return False
+        return current.fingerprint == artifact.fingerprint
+
+    def settle(self, key: str) -> None:
+        """Wait out a writer publishing ``key``; put back a payload a killed writer moved away.
+
+        Runs in a write transaction, so it starts once a concurrent put or delete of the key has
+        committed or rolled back (or its process died). If the row still does not match the
+        payload at the key, a writer was killed between moving the old payload away and
+        committing: the payload the row describes is found by fingerprint in that writer's
+        staging directory or the trash and moved back.
+        """
+        index = self.index()
+        if self.readonly or index is None:
+            return  # a readonly store neither takes write locks nor repairs
+        with index.write() as conn:
+            found = index.fetch(conn, key, for_update=True)
+            if found is None:
+                return
+            artifact = found[1]
+            if artifact.fingerprint is None or self.payload_matches(artifact):
+                return
+            displaced = self.storage.find_displaced(key, artifact.fingerprint)
+            if displaced is not None:
+                self.storage.restore(displaced, key)
+
+    def describe(self) -> dict[str, Any]:
+        """Where the store's parts are (for messages and ``repr``)."""
+        return {"root": self.storage.url(), "index": redact_url(self.database_url)}
+
+
+def _local_hidden_dir(storage: PayloadStorage) -> Any:
+    from pathlib import Path
+
+    return Path(storage.root) / HIDDEN_DIR if storage.is_local else None

@@ -1,0 +1,348 @@
+"""What the commands of ``xpersist-sql`` share: options, opening the store, errors, output.
+
+Nothing here registers a command; the command modules import from here and from
+:mod:`._app` only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from typing import Annotated, Any
+
+import typer
+from alembic.util.exc import CommandError
+from fsspec.utils import get_protocol
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+from sqlalchemy.exc import SQLAlchemyError
+
+from .. import Artifact, CacheStore, XpersistSQLError
+from ..units import format_size
+
+__all__ = [
+    "DATABASE_URL_ENV",
+    "EXIT_ERROR",
+    "EXIT_PROBLEMS",
+    "STORE_ENV",
+    "DbOpt",
+    "ExpiredOpt",
+    "FlowOpt",
+    "FlowRunOpt",
+    "JsonOpt",
+    "KeyOpt",
+    "MetaOpt",
+    "SerializerOpt",
+    "SinceOpt",
+    "StoreOpt",
+    "TagOpt",
+    "TaskOpt",
+    "TaskRunOpt",
+    "UntilOpt",
+    "artifact_table",
+    "filters",
+    "has_filter",
+    "local_path",
+    "open_store",
+    "print_json",
+    "progress_bar",
+    "size",
+    "stderr",
+    "stdout",
+    "table",
+    "user_errors",
+    "when",
+]
+
+STORE_ENV = "XPERSIST_SQL_STORE"
+DATABASE_URL_ENV = "XPERSIST_SQL_DATABASE_URL"
+
+#: Exit status of a command that ran and found problems (verify, import-legacy --strict).
+EXIT_PROBLEMS = 1
+#: Exit status of a usage or runtime error (also click's own for bad options).
+EXIT_ERROR = 2
+
+# -- shared options --------------------------------------------------------------------------
+StoreOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--store",
+        envvar=STORE_ENV,
+        help="Store root: a directory or an fsspec URL [default: <tempdir>/xpersist_sql].",
+        show_default=False,
+    ),
+]
+DbOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--db",
+        envvar=DATABASE_URL_ENV,
+        help="SQLAlchemy URL of the index [default: the store's embedded SQLite file].",
+        show_default=False,
+    ),
+]
+KeyOpt = Annotated[
+    str | None, typer.Option("--key", help="Glob on the key (* and ?).", show_default=False)
+]
+FlowOpt = Annotated[str | None, typer.Option("--flow", "--flow-name", help="Flow name.")]
+TaskOpt = Annotated[str | None, typer.Option("--task", "--task-name", help="Task name.")]
+FlowRunOpt = Annotated[str | None, typer.Option("--flow-run-id", help="Prefect flow run id.")]
+TaskRunOpt = Annotated[str | None, typer.Option("--task-run-id", help="Prefect task run id.")]
+SerializerOpt = Annotated[str | None, typer.Option("--serializer", help="Serializer name.")]
+TagOpt = Annotated[
+    list[str] | None,
+    typer.Option("--tag", help="A tag the artifact has (repeat: all of them).", show_default=False),
+]
+MetaOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--meta",
+        help="NAME=VALUE equality on additional_metadata (VALUE read as JSON if it is a JSON "
+        "number, true, false or null, else as text; repeat for several).",
+        show_default=False,
+    ),
+]
+SinceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--since",
+        help="Created at or after: ISO date/time (UTC unless an offset is given) or a duration "
+        "ago (7d, 12h, 30m, 2w, P7D).",
+    ),
+]
+UntilOpt = Annotated[
+    str | None, typer.Option("--until", help="Created before (same forms as --since).")
+]
+ExpiredOpt = Annotated[
+    bool, typer.Option("--include-expired", help="Also show artifacts whose ttl has passed.")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+# -- filters ---------------------------------------------------------------------------------
+def _meta(pairs: list[str] | None) -> dict[str, str | int | float | bool | None] | None:
+    if not pairs:
+        return None
+    result: dict[str, str | int | float | bool | None] = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep or not name:
+            raise ValueError(f"--meta {pair!r} is not NAME=VALUE")
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = text
+        result[name] = value if value is None or isinstance(value, (int, float, bool)) else text
+    return result
+
+
+def filters(
+    *,
+    key: str | None = None,
+    flow: str | None = None,
+    task: str | None = None,
+    flow_run_id: str | None = None,
+    task_run_id: str | None = None,
+    serializer: str | None = None,
+    tag: list[str] | None = None,
+    meta: list[str] | None = None,
+    since: str | None = None,
+    until: str | None = None,
+    include_expired: bool = False,
+) -> dict[str, Any]:
+    """Return the keyword filters of ``CacheStore.query`` for the command-line options.
+
+    Raises
+    ------
+    ValueError
+        If a ``--meta`` option is not ``NAME=VALUE``.
+    """
+    return {
+        "key": key,
+        "flow_name": flow,
+        "task_name": task,
+        "flow_run_id": flow_run_id,
+        "task_run_id": task_run_id,
+        "serializer": serializer,
+        "tags": tag or None,
+        "metadata": _meta(meta),
+        "since": since,
+        "until": until,
+        "include_expired": include_expired,
+    }
+
+
+def has_filter(query_filters: dict[str, Any]) -> bool:
+    """Return whether any filter of :func:`filters` is set."""
+    return any(value not in (None, False) for value in query_filters.values())
+
+
+# -- the store and errors --------------------------------------------------------------------
+def local_path(path: str) -> str | None:
+    """Return ``path`` as an absolute local path, or None if it is a remote (fsspec) URL."""
+    if get_protocol(path) not in ("file", "local"):
+        return None
+    return os.path.abspath(os.path.expanduser(path.removeprefix("file://")))
+
+
+@contextlib.contextmanager
+def open_store(
+    store: str | None, db: str | None, *, readonly: bool, create: bool = False
+) -> Iterator[CacheStore]:
+    """Open the store the ``--store``/``--db`` options select, and close it afterwards.
+
+    Every command opens its store here. Only ``import-legacy`` passes ``create=True``: any other
+    command on a path that is not a store fails with
+    :class:`~xpersist_sql.StoreNotFoundError` instead of creating one.
+
+    Parameters
+    ----------
+    store : str or None
+        ``--store`` (None: the default store).
+    db : str or None
+        ``--db`` (None: ``$XPERSIST_SQL_DATABASE_URL`` or the store's embedded index).
+    readonly : bool
+        Open the store read-only (listing, ``--dry-run``).
+    create : bool
+        Create the store if there is none at the path.
+
+    Yields
+    ------
+    CacheStore
+        The store, closed when the block ends.
+    """
+    opened = CacheStore(store, database_url=db, readonly=readonly, create=create)
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+def _fail(message: str) -> typer.Exit:
+    stderr().print(f"error: {message}", markup=False, soft_wrap=True)
+    return typer.Exit(EXIT_ERROR)
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn the errors of a command into one line on stderr and exit status 2.
+
+    Covers the package's errors (a path that is not a store, a missing key, an index at another
+    schema revision...), bad option values (``ValueError``, ``TypeError``), filesystem errors,
+    Alembic's errors and database errors (their first line only: the rest is SQL).
+    """
+    try:
+        yield
+    except (XpersistSQLError, ValueError, TypeError, OSError, CommandError) as exc:
+        message = str(exc) or type(exc).__name__
+        raise _fail(message.splitlines()[0]) from None
+    except SQLAlchemyError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise _fail(f"database: {first}") from None
+
+
+# -- output ----------------------------------------------------------------------------------
+def stdout() -> Console:
+    """Return a console on stdout; piped output (scripts, grep) is never folded."""
+    width = None if sys.stdout.isatty() else 100_000
+    return Console(file=sys.stdout, highlight=False, soft_wrap=True, width=width)
+
+
+def stderr() -> Console:
+    """Return a console on stderr (messages, prompts, progress bars)."""
+    return Console(file=sys.stderr, highlight=False)
+
+
+def print_json(value: Any) -> None:
+    """Print ``value`` as indented JSON on stdout."""
+    sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+
+
+def size(value: int | None) -> str:
+    """Return a size for a table: ``units.format_size``, or ``-`` when unknown."""
+    return "-" if value is None else format_size(value)
+
+
+def when(moment: datetime | None) -> str:
+    """Return a UTC timestamp for a table, to the second (``-`` when unknown)."""
+    return "-" if moment is None else moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def table(*columns: str) -> Table:
+    """Return an unboxed table with these column headers (``SIZE`` right-aligned)."""
+    result = Table(box=None, header_style="bold", pad_edge=False)
+    for name in columns:
+        result.add_column(name, overflow="fold", justify="right" if name == "SIZE" else "left")
+    return result
+
+
+def _tags(artifact: Artifact) -> str:
+    meta = artifact.additional_metadata
+    found: list[str] = []
+    for field in ("task_tags", "tags"):
+        value = meta.get(field)
+        if isinstance(value, list):
+            found.extend(str(tag) for tag in value if str(tag) not in found)
+    return ", ".join(found)
+
+
+def artifact_table(artifacts: list[Artifact]) -> Table:
+    """Return the table ``ls`` prints: key, flow, task, serializer, size, creation, tags."""
+    result = Table(box=None, header_style="bold", pad_edge=False)
+    longest = max((len(artifact.key) for artifact in artifacts), default=3)
+    result.add_column("KEY", overflow="fold", min_width=min(longest, 60))
+    for name in ("FLOW", "TASK", "SERIALIZER"):
+        result.add_column(name, overflow="fold")
+    result.add_column("SIZE", justify="right", no_wrap=True)
+    result.add_column("CREATED (UTC)", no_wrap=True)
+    result.add_column("TAGS", overflow="fold")
+    for artifact in artifacts:
+        meta = artifact.additional_metadata
+        result.add_row(
+            artifact.key,
+            str(meta.get("flow_name") or ""),
+            str(meta.get("task_name") or ""),
+            artifact.serializer,
+            size(artifact.size_bytes),
+            when(artifact.created_at),
+            _tags(artifact),
+        )
+    return result
+
+
+@contextlib.contextmanager
+def progress_bar(console: Console) -> Iterator[Callable[[str, int, int], None]]:
+    """Yield a ``progress(phase, done, total)`` callback drawing one bar per phase on a terminal.
+
+    The bars are transient and drawn only when ``console`` is a terminal.
+    """
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(
+        *columns, console=console, transient=True, disable=not console.is_terminal
+    ) as bar:
+        tasks: dict[str, Any] = {}
+
+        def update(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = bar.add_task(phase, total=total or None)
+            bar.update(tasks[phase], completed=done, total=total or None)
+
+        yield update

@@ -1,0 +1,169 @@
+"""``xpersist-sql ls`` (alias ``query``), ``show`` and ``stats``: reading a store."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from ._app import app
+from ._common import (
+    DbOpt,
+    ExpiredOpt,
+    FlowOpt,
+    FlowRunOpt,
+    JsonOpt,
+    KeyOpt,
+    MetaOpt,
+    SerializerOpt,
+    SinceOpt,
+    StoreOpt,
+    TagOpt,
+    TaskOpt,
+    TaskRunOpt,
+    UntilOpt,
+    artifact_table,
+    filters,
+    open_store,
+    print_json,
+    size,
+    stderr,
+    stdout,
+    user_errors,
+)
+
+__all__ = ["list_artifacts", "show", "stats"]
+
+#: The fields ``stats`` groups by, in the order it prints them.
+GROUPS = ("flow_name", "task_name", "serializer")
+
+
+def list_artifacts(
+    store: StoreOpt = None,
+    db: DbOpt = None,
+    key: KeyOpt = None,
+    flow: FlowOpt = None,
+    task: TaskOpt = None,
+    flow_run_id: FlowRunOpt = None,
+    task_run_id: TaskRunOpt = None,
+    serializer: SerializerOpt = None,
+    tag: TagOpt = None,
+    meta: MetaOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", "-n", help="Show at most this many.")
+    ] = None,
+    oldest: Annotated[bool, typer.Option("--oldest", help="Oldest first.")] = False,
+    include_expired: ExpiredOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """List the artifacts matching the filters, newest first (all of them without filters)."""
+    with user_errors():
+        query_filters = filters(
+            key=key,
+            flow=flow,
+            task=task,
+            flow_run_id=flow_run_id,
+            task_run_id=task_run_id,
+            serializer=serializer,
+            tag=tag,
+            meta=meta,
+            since=since,
+            until=until,
+            include_expired=include_expired,
+        )
+        with open_store(store, db, readonly=True) as opened:
+            order = "oldest" if oldest else "newest"
+            artifacts = opened.query(**query_filters, limit=limit, order=order)
+    if as_json:
+        print_json([artifact.model_dump(mode="json") for artifact in artifacts])
+        return
+    if artifacts:
+        stdout().print(artifact_table(artifacts))
+    noun = "artifact" if len(artifacts) == 1 else "artifacts"
+    stderr().print(f"{len(artifacts)} {noun}")
+
+
+app.command("ls")(list_artifacts)
+app.command("query", help="Same as ls: list the artifacts matching the filters.")(list_artifacts)
+
+
+@app.command("show")
+def show(
+    key: Annotated[str, typer.Argument(help="The artifact's key.")],
+    store: StoreOpt = None,
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show everything recorded about one artifact."""
+    with user_errors(), open_store(store, db, readonly=True) as opened:
+        artifact = opened.get_artifact(key)
+        location = opened.payload_url(key)
+    record = {**artifact.model_dump(mode="json"), "payload": location}
+    if as_json:
+        print_json(record)
+        return
+    result = Table(box=None, show_header=False, pad_edge=False)
+    result.add_column(style="bold", no_wrap=True)
+    result.add_column(overflow="fold")
+    for name, value in record.items():
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        if name == "size_bytes" and isinstance(value, int):
+            text = f"{value} ({size(value)})"
+        result.add_row(name, text)
+    stdout().print(result)
+
+
+@app.command("stats")
+def stats(
+    store: StoreOpt = None,
+    db: DbOpt = None,
+    key: KeyOpt = None,
+    flow: FlowOpt = None,
+    task: TaskOpt = None,
+    serializer: SerializerOpt = None,
+    tag: TagOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    include_expired: ExpiredOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Count the artifacts and add up their sizes per flow, task and serializer."""
+    with user_errors():
+        query_filters = filters(
+            key=key,
+            flow=flow,
+            task=task,
+            serializer=serializer,
+            tag=tag,
+            since=since,
+            until=until,
+            include_expired=include_expired,
+        )
+        with open_store(store, db, readonly=True) as opened:
+            groups = {by: opened.summarize(by, **query_filters) for by in GROUPS}
+    rows = groups["serializer"]  # every artifact has exactly one serializer
+    total = {"count": sum(r.count for r in rows), "size_bytes": sum(r.size_bytes for r in rows)}
+    if as_json:
+        document: dict[str, Any] = {"total": total}
+        for by, summary in groups.items():
+            document[by] = [
+                {"value": r.value, "count": r.count, "size_bytes": r.size_bytes} for r in summary
+            ]
+        print_json(document)
+        return
+    out = stdout()
+    out.print(f"{total['count']} artifacts, {size(total['size_bytes'])}")
+    for by, summary in groups.items():
+        result = Table(title=f"by {by}", title_justify="left", box=None, header_style="bold")
+        result.add_column(by.upper(), overflow="fold")
+        result.add_column("ARTIFACTS", justify="right")
+        result.add_column("SIZE", justify="right")
+        for row in summary:
+            value = "(none)" if row.value is None else row.value
+            result.add_row(value, str(row.count), size(row.size_bytes))
+        out.print()
+        out.print(result)

@@ -1,0 +1,169 @@
+"""``xpersist-sql rm``: delete artifacts by key or by filter."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.progress import track
+
+from .. import CacheStore, XpersistSQLError
+from ._app import app
+from ._common import (
+    EXIT_ERROR,
+    DbOpt,
+    ExpiredOpt,
+    FlowOpt,
+    FlowRunOpt,
+    KeyOpt,
+    MetaOpt,
+    SerializerOpt,
+    SinceOpt,
+    StoreOpt,
+    TagOpt,
+    TaskOpt,
+    TaskRunOpt,
+    UntilOpt,
+    artifact_table,
+    filters,
+    has_filter,
+    open_store,
+    print_json,
+    size,
+    stderr,
+    stdout,
+    user_errors,
+)
+
+__all__ = ["remove"]
+
+#: Exit status when the user declines the confirmation: nothing was done, nothing failed.
+EXIT_DECLINED = 1
+
+
+@app.command("rm")
+def remove(
+    keys: Annotated[
+        list[str] | None, typer.Argument(help="Keys to delete.", show_default=False)
+    ] = None,
+    store: StoreOpt = None,
+    db: DbOpt = None,
+    key: KeyOpt = None,
+    flow: FlowOpt = None,
+    task: TaskOpt = None,
+    flow_run_id: FlowRunOpt = None,
+    task_run_id: TaskRunOpt = None,
+    serializer: SerializerOpt = None,
+    tag: TagOpt = None,
+    meta: MetaOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    include_expired: ExpiredOpt = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only list what would be deleted.")
+    ] = False,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Delete by filter without asking.")
+    ] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Print JSON (deleted keys, freed bytes, failures) instead of one line per key.",
+        ),
+    ] = False,
+) -> None:
+    """Delete artifacts (row, then payload): the KEYS given, or those matching the filters.
+
+    Deleting by filter lists the matches and asks for confirmation (--yes skips it). A key that
+    cannot be deleted does not stop the others; the command then exits with status 2.
+    """
+    with user_errors():
+        query_filters = filters(
+            key=key,
+            flow=flow,
+            task=task,
+            flow_run_id=flow_run_id,
+            task_run_id=task_run_id,
+            serializer=serializer,
+            tag=tag,
+            meta=meta,
+            since=since,
+            until=until,
+            include_expired=include_expired,
+        )
+        by_filter = has_filter(query_filters)
+        if keys and by_filter:
+            raise ValueError("give either KEYS or filters to rm, not both")
+        if not keys and not by_filter:
+            raise ValueError(
+                "rm needs KEYS or at least one filter (--key '*' matches every artifact)"
+            )
+        with open_store(store, db, readonly=dry_run) as opened:
+            _remove(
+                opened,
+                keys or [],
+                query_filters if by_filter else None,
+                dry_run=dry_run,
+                yes=yes,
+                as_json=as_json,
+            )
+
+
+def _report(
+    *, dry_run: bool, deleted: list[str], freed: int, failures: list[dict[str, str]]
+) -> None:
+    print_json({"dry_run": dry_run, "deleted": deleted, "freed_bytes": freed, "failures": failures})
+
+
+def _remove(
+    store: CacheStore,
+    keys: list[str],
+    query_filters: dict[str, Any] | None,
+    *,
+    dry_run: bool,
+    yes: bool,
+    as_json: bool,
+) -> None:
+    # With --json, stdout carries only the JSON document: tables and prompts go to stderr.
+    err = stderr()
+    out = err if as_json else stdout()
+    if query_filters is not None:
+        matches = store.query(**query_filters)
+        if not matches:
+            err.print("no artifact matches the filters")
+            if as_json:
+                _report(dry_run=dry_run, deleted=[], freed=0, failures=[])
+            return
+        keys = [artifact.key for artifact in matches]
+        if not dry_run:
+            out.print(artifact_table(matches))
+            total = sum(artifact.size_bytes or 0 for artifact in matches)
+            question = f"Delete these {len(keys)} artifacts ({size(total)})?"
+            if not yes and not typer.confirm(question, default=False, err=True):
+                err.print("nothing deleted")
+                if as_json:
+                    _report(dry_run=dry_run, deleted=[], freed=0, failures=[])
+                raise typer.Exit(EXIT_DECLINED)
+    deleted: list[str] = []
+    failures: list[dict[str, str]] = []
+    freed = 0
+    steps = track(keys, description="deleting", console=err, transient=True, disable=len(keys) < 2)
+    for name in steps:
+        try:
+            artifact = store.delete(name, dry_run=dry_run)
+        except XpersistSQLError as exc:  # one missing key does not stop the others
+            err.print(f"error: {exc}", markup=False, soft_wrap=True)
+            failures.append({"key": name, "error": str(exc)})
+            continue
+        deleted.append(name)
+        freed += artifact.size_bytes or 0
+        if not as_json:
+            out.print(f"{'would delete' if dry_run else 'deleted'} {name}", markup=False)
+    if as_json:
+        _report(dry_run=dry_run, deleted=deleted, freed=freed, failures=failures)
+    if len(keys) > 1 or not failures:
+        verb = "would delete" if dry_run else "deleted"
+        err.print(f"{verb} {len(deleted)} of {len(keys)} artifacts ({size(freed)})")
+    if failures:
+        raise typer.Exit(EXIT_ERROR)

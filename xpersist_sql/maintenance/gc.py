@@ -1,0 +1,361 @@
+"""Garbage collection: expired artifacts, orphan payloads, crashed writers' leftovers.
+
+Rules that make it safe while other processes read and write the store:
+
+- **Only a store.** gc refuses a directory that carries no store marker, and never descends into
+  a nested store (a directory holding its own ``.xpersist_sql``): those are never orphans.
+- **Rows first, payload second.** An expired artifact is removed exactly like ``delete`` does
+  it: its row is deleted in a write transaction that also moves the payload to the trash, and the
+  trash is emptied after the commit, so no reader sees a row without its payload. Rows whose key
+  is not a valid key (``../x``, an absolute path) are never acted on: ``verify`` reports them.
+- **Only what existed when the work began.** Only rows created before gc started are removed,
+  each re-read in the removing transaction: a row replaced meanwhile is left alone.
+- **Grace period for files.** A staging directory, a trash entry or an orphan payload is removed
+  only when nothing in it changed (modification or status change time: a rename counts) for
+  ``older_than`` (1 hour by default) *before the scan started*. An orphan is checked again
+  against the index right before it goes, and restored if a row for it appeared meanwhile. A
+  payload that still has a 2021 xpersist sidecar is never an orphan, nor is that directory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from ..backend import StoreBackend
+from ..db.index import ArtifactIndex, key_prefixes
+from ..errors import InvalidKeyError, StoreNotFoundError
+from ..legacy import LEGACY_METADATA_DIR, LEGACY_SUFFIX
+from ..storage import HIDDEN_DIR, PayloadStorage, validate_key
+from ..units import parse_duration
+
+__all__ = ["DEFAULT_GRACE", "GcItem", "GcReport", "Progress", "gc"]
+
+#: ``progress(phase, done, total)``: called as work advances (``total`` may be 0 if unknown).
+Progress = Callable[[str, int, int], None]
+
+#: Default grace period of gc for staging leftovers, trash entries and orphan payloads.
+DEFAULT_GRACE = timedelta(hours=1)
+
+
+def _noop(phase: str, done: int, total: int) -> None:
+    return None
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _timestamp(value: Any) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).timestamp()
+    return None
+
+
+def _times(info: dict[str, Any]) -> list[float]:
+    found = []
+    for name in ("mtime", "created", "LastModified", "last_modified", "updated"):
+        stamp = _timestamp(info.get(name))
+        if stamp is not None:
+            found.append(stamp)
+    return found
+
+
+@dataclass(frozen=True)
+class _Tree:
+    size_bytes: int
+    newest: float | None  # latest modification / status change in the tree; None if unknown
+
+
+def _tree(storage: PayloadStorage, path: str, info: dict[str, Any] | None = None) -> _Tree | None:
+    """Size and newest time of a file or directory tree (None if it vanished)."""
+    fs = storage.fs
+    try:
+        info = info or fs.info(path)
+        stamps = _times(info)
+        size = 0
+        if info.get("type") == "directory":
+            for meta in fs.find(path, detail=True, withdirs=True).values():
+                stamps.extend(_times(meta))
+                if meta.get("type") != "directory":
+                    size += int(meta.get("size") or 0)
+        else:
+            size = int(info.get("size") or 0)
+    except FileNotFoundError:
+        return None
+    return _Tree(size, max(stamps) if stamps else None)
+
+
+def _relative(storage: PayloadStorage, name: str) -> str:
+    name = name.rstrip("/")
+    prefix = storage.root.rstrip("/") + "/"
+    return name[len(prefix) :] if name.startswith(prefix) else name
+
+
+@dataclass(frozen=True)
+class GcItem:
+    """One thing gc removes (or, in a dry run, would remove).
+
+    Attributes
+    ----------
+    kind : {"expired", "orphan", "staging", "trash", "invalid"}
+        An expired artifact (row and payload), a payload without a row, a crashed writer's
+        staging directory, a leftover of a replaced / deleted payload, or (only ever skipped)
+        an expired row whose key is not a valid key.
+    path : str
+        The key (expired, orphan) or the path inside the store (``.xpersist_sql/...``).
+    size_bytes : int
+        Bytes it occupies.
+    """
+
+    kind: str
+    path: str
+    size_bytes: int
+
+
+@dataclass
+class GcReport:
+    """What :func:`gc` found and removed.
+
+    Attributes
+    ----------
+    items : list of GcItem
+        Everything removed (or that would be, with ``dry_run``).
+    skipped : list of GcItem
+        Found in the scan but changed or claimed before its removal, so kept.
+    dry_run : bool
+        Whether nothing was removed.
+    started_at : datetime
+        When the scan started: nothing newer is ever removed.
+    """
+
+    items: list[GcItem] = field(default_factory=list)
+    skipped: list[GcItem] = field(default_factory=list)
+    dry_run: bool = False
+    started_at: datetime = field(default_factory=_now)
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes of all items."""
+        return sum(item.size_bytes for item in self.items)
+
+    def count(self, kind: str) -> int:
+        """Return the number of items of one kind."""
+        return sum(1 for item in self.items if item.kind == kind)
+
+
+def _legacy_sidecar(storage: PayloadStorage, relative: str) -> str:
+    return storage.path(f"{LEGACY_METADATA_DIR}/{relative}{LEGACY_SUFFIX}")
+
+
+def _find_orphans(storage: PayloadStorage, keys: set[str]) -> list[tuple[str, dict[str, Any]]]:
+    """Top-most paths under the root that no key covers (the hidden directories excluded)."""
+    ancestors = {prefix for key in keys for prefix in key_prefixes(key)}
+    orphans: list[tuple[str, dict[str, Any]]] = []
+    stack = [""]
+    while stack:
+        directory = stack.pop()
+        try:
+            entries = storage.fs.ls(
+                storage.path(directory) if directory else storage.root, detail=True
+            )
+        except FileNotFoundError:
+            continue
+        for info in entries:
+            relative = _relative(storage, info["name"])
+            if not relative or relative == directory:
+                continue
+            if not directory and relative in (HIDDEN_DIR, LEGACY_METADATA_DIR):
+                continue
+            if relative in keys:
+                continue
+            try:
+                validate_key(relative)
+            except InvalidKeyError:
+                continue  # a name no key could have: not the store's
+            if info.get("type") == "directory" and storage.holds_store(relative):
+                continue  # a nested store (or a directory holding one) is never an orphan
+            if relative in ancestors:
+                if info.get("type") == "directory":
+                    stack.append(relative)
+                continue
+            if storage.fs.exists(_legacy_sidecar(storage, relative)):
+                continue  # a 2021 payload not imported (yet): `import-legacy` reports why
+            orphans.append((relative, info))
+    return sorted(orphans)
+
+
+def _internal_entries(storage: PayloadStorage, name: str) -> list[tuple[str, dict[str, Any]]]:
+    directory = storage.internal_dir(name)
+    try:
+        entries = storage.fs.ls(directory, detail=True)
+    except FileNotFoundError:
+        return []
+    return sorted(
+        (_relative(storage, info["name"]), info)
+        for info in entries
+        if info["name"].rstrip("/") != directory.rstrip("/")
+    )
+
+
+def gc(
+    backend: StoreBackend,
+    *,
+    older_than: timedelta | int | float | str = DEFAULT_GRACE,
+    dry_run: bool = False,
+    progress: Progress | None = None,
+    now: datetime | None = None,
+) -> GcReport:
+    """Remove expired artifacts, orphan payloads, crashed writers' staging and trash leftovers.
+
+    Safe while other processes use the store: see the module's rules. Nothing created or changed
+    after the scan started is removed; files (staging, trash, orphans) must also be unchanged for
+    ``older_than`` before the scan started.
+
+    Parameters
+    ----------
+    backend : StoreBackend
+        The store to clean.
+    older_than : timedelta, float or str
+        Grace period for files (default 1 hour). ``0`` removes every leftover older than the
+        scan, a live writer's staging directory included: only for a store nobody writes to.
+        Expired artifacts are removed whatever their age.
+    dry_run : bool
+        Only list what would be removed.
+    progress : callable, optional
+        ``progress(phase, done, total)``.
+    now : datetime, optional
+        The clock: when the scan starts (default: now). Tests pass a later time instead of
+        waiting for the grace period.
+
+    Returns
+    -------
+    GcReport
+
+    Raises
+    ------
+    StoreNotFoundError
+        If the root carries no store marker.
+    """
+    grace = parse_duration(older_than)
+    report = progress or _noop
+    storage = backend.storage
+    if backend.marker() is None:
+        backend.require_store()  # an older index: its SchemaVersionError says how to upgrade
+        raise StoreNotFoundError(
+            f"refusing to run gc on {storage.url()!r}: it carries no store marker, so nothing "
+            "in it is known to belong to a store"
+        )
+    index = backend.index()
+    if index is None:  # pragma: no cover - a marker always resolves to rows or an error
+        return GcReport(dry_run=dry_run)
+    started = now or _now()
+    cutoff = (started - grace).timestamp()
+    result = GcReport(dry_run=dry_run, started_at=started)
+
+    # 1. expired artifacts: row first, then payload
+    expired = index.expired_rows(started)
+    for done, row in enumerate(expired, 1):
+        item = GcItem("expired", row.key, int(row.size_bytes or 0))
+        try:
+            validate_key(row.key)
+            removed = dry_run or (
+                backend.remove_if(row.key, row.id, row.created_at, lambda a: a.is_expired(started))
+                is not None
+            )
+        except InvalidKeyError:  # never acted on; ``verify`` reports it
+            removed, item = False, GcItem("invalid", row.key, item.size_bytes)
+        (result.items if removed else result.skipped).append(item)
+        report("expired artifacts", done, len(expired))
+
+    # 2. orphan payloads: no row covers them
+    report("scanning payloads", 0, 0)
+    orphans = _find_orphans(storage, index.all_keys())
+    for done, (relative, info) in enumerate(orphans, 1):
+        tree = _tree(storage, storage.path(relative), info)
+        if tree is not None and tree.newest is not None and tree.newest < cutoff:
+            item = GcItem("orphan", relative, tree.size_bytes)
+            if dry_run or _remove_orphan(index, storage, relative, cutoff):
+                result.items.append(item)
+            else:
+                result.skipped.append(item)
+        report("orphan payloads", done, len(orphans))
+
+    # 3. staging leftovers of crashed writers, 4. trash leftovers
+    for kind in ("staging", "trash"):
+        entries = _internal_entries(storage, kind)
+        for done, (relative, info) in enumerate(entries, 1):
+            path = storage.path(relative)
+            tree = _tree(storage, path, info)
+            if tree is not None and tree.newest is not None and tree.newest < cutoff:
+                item = GcItem(kind, relative, tree.size_bytes)
+                if _displaced_payload(index, storage, path, kind) is not None:
+                    # a killed writer moved a row's payload here: ``get`` puts it back
+                    result.skipped.append(item)
+                elif dry_run:
+                    result.items.append(item)
+                else:
+                    again = _tree(storage, path)  # changed meanwhile: a live writer, keep it
+                    if again is not None and again.newest is not None and again.newest < cutoff:
+                        storage.purge(path)
+                        result.items.append(item)
+                    else:
+                        result.skipped.append(item)
+            report(f"{kind} leftovers", done, len(entries))
+    return result
+
+
+def _displaced_payload(
+    index: ArtifactIndex, storage: PayloadStorage, path: str, kind: str
+) -> str | None:
+    """Return the key whose row describes the payload at ``path`` but not the one at its key.
+
+    That is a payload a writer killed mid-publish moved into its staging directory or the trash;
+    gc keeps it so that the next read of the key can put it back.
+    """
+    try:
+        if kind == "staging":
+            inner = storage.fs.ls(path, detail=False)
+            if len(inner) != 1:
+                return None
+            path = inner[0].rstrip("/")
+        fingerprint = storage.stat(path).fingerprint
+    except FileNotFoundError:
+        return None
+    for key in index.keys_with_fingerprint(fingerprint):
+        try:
+            if storage.stat(storage.path(key)).fingerprint == fingerprint:
+                continue
+        except FileNotFoundError:
+            pass
+        return str(key)
+    return None
+
+
+def _remove_orphan(
+    index: ArtifactIndex, storage: PayloadStorage, relative: str, cutoff: float
+) -> bool:
+    if index.covered(relative):
+        return False
+    again = _tree(storage, storage.path(relative))
+    if again is None or again.newest is None or again.newest >= cutoff:
+        return False
+    try:
+        trash = storage.take(relative)
+    except InvalidKeyError:  # a symlink on the way, a nested store: not the store's
+        return False
+    if trash is None:
+        return False
+    claimed = index.covered(relative)
+    if claimed:  # a put committed a row for it while we moved it: give it back
+        if not storage.exists(relative):
+            storage.restore(trash, relative)
+        else:
+            storage.purge(trash)
+        return False
+    storage.purge(trash)
+    return True

@@ -1,0 +1,202 @@
+"""Integrity checks: every row of the store has its payload, and the payload is what was stored.
+
+Rows whose key is not a valid key are reported (``invalid key``) and never read or acted on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from ..backend import StoreBackend
+from ..errors import InvalidKeyError
+from ..models import Artifact
+from ..storage import PayloadStorage
+
+__all__ = ["VerifyProblem", "VerifyReport", "repair_missing", "verify"]
+
+Progress = Callable[[str, int, int], None]
+
+
+def _noop(phase: str, done: int, total: int) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class VerifyProblem:
+    """A row whose payload is gone or no longer what was stored.
+
+    Attributes
+    ----------
+    key : str
+        The artifact's key.
+    problem : {"missing", "modified", "corrupt", "invalid key"}
+        ``missing``: no payload; ``modified``: its size / files / modification times differ from
+        the recorded fingerprint (and no checksum proves the content unchanged); ``corrupt``: its
+        content no longer matches the recorded sha256 checksum; ``invalid key``: the row's key
+        would lie outside the store (``../x``, an absolute path...), so its payload is never
+        read or removed.
+    detail : str
+        What differs.
+    """
+
+    key: str
+    problem: str
+    detail: str
+
+
+@dataclass
+class VerifyReport:
+    """What :func:`verify` checked and found.
+
+    Attributes
+    ----------
+    checked : int
+        Number of rows checked.
+    problems : list of VerifyProblem
+        Missing, modified and corrupt payloads and invalid keys, by key.
+    repaired : list of str
+        Keys whose rows were dropped (``verify(repair=True)``).
+    """
+
+    checked: int = 0
+    problems: list[VerifyProblem] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when every payload is present and intact."""
+        return not self.problems
+
+    @property
+    def missing(self) -> list[str]:
+        """Keys whose payload is gone."""
+        return [p.key for p in self.problems if p.problem == "missing"]
+
+    @property
+    def damaged(self) -> list[str]:
+        """Keys whose payload changed (modified or corrupt)."""
+        return [p.key for p in self.problems if p.problem in ("modified", "corrupt")]
+
+    @property
+    def invalid(self) -> list[str]:
+        """Keys of rows that are not valid keys (never acted on)."""
+        return [p.key for p in self.problems if p.problem == "invalid key"]
+
+
+def _describe_change(recorded: str, current: str) -> str:
+    def size(fingerprint: str) -> str:
+        fields = dict(part.split("=", 1) for part in fingerprint.split(";") if "=" in part)
+        return f"{fields.get('files', '?')} files, {fields.get('size', '?')} bytes"
+
+    was, now = size(recorded), size(current)
+    if was != now:
+        return f"payload changed since it was stored: {was} -> {now}"
+    return f"payload files were rewritten since it was stored ({now}, other modification times)"
+
+
+def _check_row(
+    storage: PayloadStorage, artifact: Artifact, checksums: bool
+) -> VerifyProblem | None:
+    key = artifact.key
+    try:
+        path = storage.check_path(key)
+    except InvalidKeyError as exc:
+        return VerifyProblem(key, "invalid key", str(exc))
+    if not storage.exists(key):
+        return VerifyProblem(key, "missing", f"no payload at {storage.url(key)}")
+    try:
+        stat = storage.stat(path)
+    except FileNotFoundError:
+        return VerifyProblem(key, "missing", f"no payload at {storage.url(key)}")
+    fingerprint_ok = artifact.fingerprint is None or stat.fingerprint == artifact.fingerprint
+    if artifact.checksum and (checksums or not fingerprint_ok):
+        digest = storage.checksum(path)
+        if digest != artifact.checksum:
+            return VerifyProblem(
+                key, "corrupt", f"checksum {digest} differs from the recorded {artifact.checksum}"
+            )
+        return None
+    if not fingerprint_ok:
+        assert artifact.fingerprint is not None
+        return VerifyProblem(
+            key, "modified", _describe_change(artifact.fingerprint, stat.fingerprint)
+        )
+    return None
+
+
+def verify(
+    backend: StoreBackend,
+    *,
+    checksums: bool = True,
+    progress: Progress | None = None,
+    batch_size: int = 500,
+) -> VerifyReport:
+    """Check that every row has its payload and that the payload is what was stored.
+
+    Each payload's fingerprint (file names, sizes, modification times or ETags) is compared
+    with the one recorded at put time; where a sha256 checksum was recorded (``checksum=True``)
+    the content is hashed and compared too, and decides. A problem is confirmed against a fresh
+    read of the row, so a payload replaced by a concurrent put is not reported.
+
+    Parameters
+    ----------
+    backend : StoreBackend
+        The store to check (readonly stores too).
+    checksums : bool
+        Hash the content of payloads that have a recorded checksum (a full read of each).
+    progress : callable, optional
+        ``progress("verifying", done, total)``.
+    batch_size : int
+        Rows read from the index at a time.
+
+    Returns
+    -------
+    VerifyReport
+    """
+    report = progress or _noop
+    backend.require_store()
+    index, storage = backend.index(), backend.storage
+    result = VerifyReport()
+    if index is None:
+        return result
+    last_id, total = index.id_range()
+    after = -1
+    while last_id is not None and after < last_id:
+        rows = index.batch_after(after, last_id, batch_size)
+        if not rows:
+            break
+        after = rows[-1][0]
+        for _row_id, artifact in rows:
+            problem = _check_row(storage, artifact, checksums)
+            if problem is not None and problem.problem != "invalid key":
+                # a concurrent put or delete may have been swapping it: look again
+                fresh = index.get(artifact.key)
+                if fresh is not None and fresh.created_at == artifact.created_at:
+                    problem = _check_row(storage, fresh, checksums)
+                    if problem is not None:
+                        result.problems.append(problem)
+            elif problem is not None:
+                result.problems.append(problem)
+            result.checked += 1
+            report("verifying", result.checked, int(total))
+    result.problems.sort(key=lambda p: p.key)
+    return result
+
+
+def repair_missing(
+    backend: StoreBackend, keys: Iterable[str], *, progress: Progress | None = None
+) -> list[str]:
+    """Drop the store's rows of ``keys`` whose payload is (still) gone; return the keys dropped.
+
+    Each row is re-checked in the removing transaction: a key whose payload came back, or that
+    was stored again meanwhile, is kept. Rows with invalid keys are never dropped.
+    """
+    report = progress or _noop
+    wanted = sorted(set(keys))
+    dropped: list[str] = []
+    for done, key in enumerate(wanted, 1):
+        if backend.drop_if_missing(key):
+            dropped.append(key)
+        report("repairing", done, len(wanted))
+    return dropped

@@ -1,0 +1,135 @@
+"""The store marker: the file in a store's hidden directory that gives the store its identity.
+
+A directory is an xpersist_sql store when it holds ``.xpersist_sql/store.json``::
+
+    {"format": 1, "store_id": "5f0c...", "created_at": "2026-11-27T16:00:00+00:00"}
+
+``store_id`` is recorded in the index (the ``xpersist_stores`` table) and owns the store's rows:
+several stores may share one database and each sees only its own artifacts. The identity is the
+id, not the path: a store folder moved or copied whole keeps working. The marker is written once,
+on a store's first write, with an exclusive create so that two processes creating the same store
+agree on one id; nothing ever rewrites or removes it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from fsspec import AbstractFileSystem
+from fsspec.implementations.local import LocalFileSystem
+
+__all__ = [
+    "HIDDEN_DIR",
+    "MARKER_NAME",
+    "StoreMarker",
+    "create_marker",
+    "marker_path",
+    "read_marker",
+    "store_root_url",
+]
+
+#: The hidden directory of a store: marker, embedded index, staging, trash, locks.
+HIDDEN_DIR = ".xpersist_sql"
+#: The marker's file name inside :data:`HIDDEN_DIR`.
+MARKER_NAME = "store.json"
+_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class StoreMarker:
+    """The content of a store marker.
+
+    Attributes
+    ----------
+    store_id : str
+        The store's identity (a UUID in hex).
+    created_at : str
+        When the store was created (ISO 8601, UTC).
+    """
+
+    store_id: str
+    created_at: str
+
+
+def store_root_url(fs: AbstractFileSystem, root: str) -> str:
+    """Return how a store root is recorded in the index: a real local path, or a URL."""
+    if isinstance(fs, LocalFileSystem):
+        return os.path.realpath(root)
+    return str(fs.unstrip_protocol(root.rstrip("/")))
+
+
+def marker_path(root: str) -> str:
+    """Return the path of the marker of the store rooted at ``root`` (a filesystem path)."""
+    return posixpath.join(root.rstrip("/") or "/", HIDDEN_DIR, MARKER_NAME)
+
+
+def _parse(raw: bytes, where: str) -> StoreMarker:
+    try:
+        document = json.loads(raw)
+        store_id = document["store_id"]
+        created_at = document.get("created_at", "")
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ValueError(
+            f"the store marker {where} is damaged ({type(exc).__name__}: {exc}); it must hold "
+            '{"format": 1, "store_id": "<hex id>"}. Restore it from a backup of the store'
+        ) from None
+    if not isinstance(store_id, str) or len(store_id) != 32:
+        raise ValueError(f"the store marker {where} has an invalid store_id {store_id!r}")
+    return StoreMarker(store_id=store_id, created_at=str(created_at))
+
+
+def read_marker(fs: AbstractFileSystem, root: str) -> StoreMarker | None:
+    """Return the marker of the store at ``root``, or None when ``root`` holds none.
+
+    Raises
+    ------
+    ValueError
+        If a marker exists but cannot be read as one.
+    """
+    path = marker_path(root)
+    if not isinstance(fs, LocalFileSystem):
+        fs.invalidate_cache(path)
+    try:
+        raw = fs.cat_file(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return _parse(raw, path)
+
+
+def create_marker(fs: AbstractFileSystem, root: str) -> StoreMarker:
+    """Write a new marker at ``root`` unless one exists; return the marker that is there.
+
+    On a local filesystem the marker is published with ``link()``, which fails if the file
+    exists, so that of two processes creating one store exactly one id wins.
+    """
+    existing = read_marker(fs, root)
+    if existing is not None:
+        return existing
+    marker = StoreMarker(uuid.uuid4().hex, datetime.now(timezone.utc).isoformat())
+    content = json.dumps(
+        {"format": _FORMAT, "store_id": marker.store_id, "created_at": marker.created_at}
+    ).encode()
+    path = marker_path(root)
+    if isinstance(fs, LocalFileSystem):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        temporary = f"{path}.{uuid.uuid4().hex}.tmp"
+        with open(temporary, "wb") as f:
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(temporary)
+    else:
+        fs.pipe_file(path, content)
+    found = read_marker(fs, root)
+    assert found is not None
+    return found
