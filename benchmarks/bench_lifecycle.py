@@ -30,9 +30,7 @@ import joblib
 import pydantic.v1 as pydantic_v1
 from run import row, timings
 
-from xpersist_sql import CacheStore
-from xpersist_sql.db.access import AccessLog
-from xpersist_sql.legacy import import_legacy
+from xpersist_sql import CacheStore, import_legacy
 
 GETS = 200
 
@@ -74,11 +72,11 @@ def _get_rows(workdir: Path, repeats: int) -> list[dict[str, Any]]:
         unthrottled = "unthrottled" in case
 
         def reset(i: int, store: CacheStore = store, unthrottled: bool = unthrottled) -> None:
-            store._flush_accesses()
             # a fresh log: every key is a first read again
-            store._access = (
-                AccessLog(resolution=0.0, flush_interval=0.0) if unthrottled else AccessLog()
-            )
+            if unthrottled:
+                store._backend.reset_access_log(resolution=0.0, flush_interval=0.0)
+            else:
+                store._backend.reset_access_log()
 
         def gets(i: int, store: CacheStore = store) -> None:
             for key in keys:

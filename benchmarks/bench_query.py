@@ -52,7 +52,9 @@ def _sqlite_time(moment: datetime) -> str:
 def build_index(root: str, n: int, seed: int = 0) -> CacheStore:
     """Create a store at ``root`` with ``n`` artifact rows (and their tags) in its index."""
     store = CacheStore(root)
-    store.keys()  # creates the schema at head through the real migrations
+    rows_of_store = store._rows(create=True)  # the marker, the schema (real migrations), the row
+    assert rows_of_store is not None
+    store_id = rows_of_store.store_id
     db_file = store.database_url.removeprefix("sqlite:///")
     store.close()
     rng = random.Random(seed)
@@ -65,10 +67,10 @@ def build_index(root: str, n: int, seed: int = 0) -> CacheStore:
 
     def flush() -> None:
         conn.executemany(
-            "INSERT INTO xpersist_artifacts (id, key, serializer, load_kwargs, dump_kwargs, "
-            "additional_metadata, created_at, size_bytes, checksum, fingerprint, expires_at, "
-            "versions, flow_name, task_name, flow_run_id, task_run_id) "
-            "VALUES (?, ?, ?, '{}', '{}', ?, ?, ?, NULL, ?, NULL, ?, ?, ?, ?, ?)",
+            "INSERT INTO xpersist_artifacts (id, store_id, key, serializer, load_kwargs, "
+            "dump_kwargs, additional_metadata, created_at, size_bytes, checksum, fingerprint, "
+            "expires_at, versions, flow_name, task_name, flow_run_id, task_run_id) "
+            "VALUES (?, ?, ?, ?, '{}', '{}', ?, ?, ?, NULL, ?, NULL, ?, ?, ?, ?, ?)",
             rows,
         )
         conn.executemany(
@@ -100,6 +102,7 @@ def build_index(root: str, n: int, seed: int = 0) -> CacheStore:
             rows.append(
                 (
                     i,
+                    store_id,
                     f"{flow}/{task}/{i:07d}.zarr",
                     rng.choice(SERIALIZERS),
                     json.dumps(metadata),
@@ -146,13 +149,13 @@ def _row(case: str, samples: list[float], baseline: list[float] | None) -> dict[
 
 
 RAW_FLOW = (
-    "SELECT * FROM xpersist_artifacts WHERE flow_name = ? AND created_at >= ? "
+    "SELECT * FROM xpersist_artifacts WHERE store_id = 1 AND flow_name = ? AND created_at >= ? "
     "AND (expires_at IS NULL OR expires_at > ?) ORDER BY created_at DESC, id DESC LIMIT 100"
 )
 #: The tag query on the same index as store.query uses it: walk (tag, created_at, artifact_id).
 RAW_TAG = (
     "SELECT a.* FROM xpersist_artifact_tags t JOIN xpersist_artifacts a ON a.id = t.artifact_id "
-    "WHERE t.tag = ? AND (a.expires_at IS NULL OR a.expires_at > ?) "
+    "WHERE t.tag = ? AND a.store_id = 1 AND (a.expires_at IS NULL OR a.expires_at > ?) "
     "ORDER BY t.created_at DESC, t.artifact_id DESC LIMIT 100"
 )
 #: The obvious way to write it, for scale: SQLite collects every tagged id, then sorts them.

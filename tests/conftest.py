@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from typer.testing import CliRunner
 
+from tests.helpers import CLI_ENV_VARS
 from tests.s3 import moto_endpoint, s3_bucket, s3_storage_options  # noqa: F401 (S3 fixtures)
 from xpersist_sql import CacheStore
 
@@ -95,3 +97,11 @@ def make_store(tmp_path: Path, database_url: str | None) -> Iterator[Callable[..
 def store(make_store: Callable[..., CacheStore]) -> CacheStore:
     """A writable store on the parametrised backend."""
     return make_store()
+
+
+@pytest.fixture
+def runner(monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    """Typer's test runner; commands see neither of ``CLI_ENV_VARS``, only their options."""
+    for name in CLI_ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    return CliRunner()

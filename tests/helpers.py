@@ -1,10 +1,18 @@
-"""Small data builders shared by the tests."""
+"""Small data builders and command-line runners shared by the tests."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import xarray as xr
+
+#: The environment variables that select the store and index of the command line.
+CLI_ENV_VARS = ("XPERSIST_SQL_STORE", "XPERSIST_SQL_DATABASE_URL")
 
 
 def make_dataset(n: int = 24, seed: int = 0) -> xr.Dataset:
@@ -23,4 +31,19 @@ def make_frame(n: int = 10) -> pd.DataFrame:
     return pd.DataFrame(
         {"a": np.arange(n), "b": np.linspace(0, 1, n), "c": [f"s{i}" for i in range(n)]},
         index=pd.Index([f"r{i}" for i in range(n)], name="row"),
+    )
+
+
+def run_cli(*args: str, cwd: Path, script: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m xpersist_sql ARGS`` (the ``xpersist-sql`` script with ``script``).
+
+    The child process gets this environment without :data:`CLI_ENV_VARS`.
+    """
+    if script:
+        program = [str(Path(sys.executable).with_name("xpersist-sql"))]
+    else:
+        program = [sys.executable, "-m", "xpersist_sql"]
+    env = {k: v for k, v in os.environ.items() if k not in CLI_ENV_VARS}
+    return subprocess.run(
+        [*program, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
     )

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -14,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
+from tests.helpers import run_cli
 from xpersist_sql import CacheStore
 from xpersist_sql.cli import app
 from xpersist_sql.db.engine import create_index_engine, redact_url
@@ -22,14 +21,6 @@ from xpersist_sql.db.tables import ARTIFACTS, TAGS
 from xpersist_sql.marker import HIDDEN_DIR, MARKER_NAME
 
 T0 = datetime(2021, 12, 14, 8, 0, tzinfo=timezone.utc)
-ENV_VARS = ("XPERSIST_SQL_STORE", "XPERSIST_SQL_DATABASE_URL")
-
-
-@pytest.fixture
-def runner(monkeypatch: pytest.MonkeyPatch) -> CliRunner:
-    for name in ENV_VARS:
-        monkeypatch.delenv(name, raising=False)
-    return CliRunner()
 
 
 @pytest.fixture
@@ -467,40 +458,19 @@ def test_no_command_shows_help(runner: CliRunner) -> None:
 
 
 # -- real processes --------------------------------------------------------------------------
-def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ENV_VARS}
-    return subprocess.run(
-        [sys.executable, "-m", "xpersist_sql", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 def test_python_m_xpersist_sql(store: CacheStore, tmp_path: Path) -> None:
-    result = run("ls", "--json", "--flow", "flow-b", *where(store), cwd=tmp_path)
+    result = run_cli("ls", "--json", "--flow", "flow-b", *where(store), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert [a["key"] for a in json.loads(result.stdout)] == ["runs/b1.json"]
 
-    result = run("ls", "--since", "yesterday-ish", *where(store), cwd=tmp_path)
+    result = run_cli("ls", "--since", "yesterday-ish", *where(store), cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.startswith("error: since='yesterday-ish'")
     assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_console_script(store: CacheStore, tmp_path: Path) -> None:
-    script = Path(sys.executable).with_name("xpersist-sql")
-    env = {k: v for k, v in os.environ.items() if k not in ENV_VARS}
-    result = subprocess.run(
-        [str(script), "rm", "--key", "runs/*", "--yes", *where(store)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_cli("rm", "--key", "runs/*", "--yes", *where(store), cwd=tmp_path, script=True)
     assert result.returncode == 0, result.stderr
     assert store.keys() == ["other.pkl"]
 

@@ -18,9 +18,8 @@ import sqlalchemy as sa
 import xarray as xr
 
 from tests.helpers import make_dataset
-from xpersist_sql import CacheStore, SerializerNotFoundError
+from xpersist_sql import CacheStore, SerializerNotFoundError, import_legacy
 from xpersist_sql.db.tables import ARTIFACTS, TAGS
-from xpersist_sql import import_legacy
 
 # The timestamps the 2021 package wrote: datetime.utcnow(), naive.
 CREATED = {

@@ -22,7 +22,6 @@ from xpersist_sql.db.access import AccessLog
 from xpersist_sql.db.engine import create_index_engine
 from xpersist_sql.db.schema import current_revision, head_revision, run_alembic, upgrade
 from xpersist_sql.db.tables import ARTIFACTS
-from xpersist_sql.units import format_size, parse_duration, parse_size
 from xpersist_sql.storage import HIDDEN_DIR, key_tag
 
 MakeStore = Callable[..., CacheStore]
@@ -123,59 +122,6 @@ def test_tables_match_the_migrations(store: CacheStore) -> None:
         context = MigrationContext.configure(conn, opts={"compare_type": True})
         diff = [d for d in compare_metadata(context, METADATA) if d[0] != "remove_table"]
     assert diff == []
-
-
-# -- parsing ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        (1234, 1234),
-        ("1234", 1234),
-        ("50GB", 50 * 10**9),
-        ("500 mb", 500 * 10**6),
-        ("1.5KiB", 1536),
-        ("2TiB", 2 * 1024**4),
-        ("3G", 3 * 10**9),
-        ("10b", 10),
-    ],
-)
-def test_parse_size(text: int | str, expected: int) -> None:
-    assert parse_size(text) == expected
-
-
-@pytest.mark.parametrize(
-    ("value", "error", "message"),
-    [
-        ("fifty gigs", ValueError, "cannot read 'fifty gigs' as a size"),
-        ("-5GB", ValueError, "cannot read"),
-        (0, ValueError, "must be positive"),
-        ("0MB", ValueError, "must be positive"),
-        (1.5, TypeError, "an int (bytes) or a str"),
-        (True, TypeError, "an int (bytes) or a str"),
-    ],
-)
-def test_parse_size_errors(value: object, error: type[Exception], message: str) -> None:
-    with pytest.raises(error) as info:
-        parse_size(value)  # type: ignore[arg-type]
-    assert message in str(info.value)
-
-
-def test_parse_duration_and_format_size() -> None:
-    assert parse_duration("12h") == timedelta(hours=12)
-    assert parse_duration("30m") == timedelta(minutes=30)
-    assert parse_duration("7d") == timedelta(days=7)
-    assert parse_duration(90) == timedelta(seconds=90)
-    assert parse_duration("0") == timedelta(0)
-    assert parse_duration(timedelta(minutes=1)) == timedelta(minutes=1)
-    with pytest.raises(ValueError, match="cannot read 'soon' as a duration"):
-        parse_duration("soon")
-    with pytest.raises(ValueError, match="must not be negative"):
-        parse_duration(-1)
-    with pytest.raises(TypeError, match="a duration must be"):
-        parse_duration([1])  # type: ignore[arg-type]
-    assert format_size(999) == "999 B"
-    assert format_size(1_500_000) == "1.5 MB"
-    assert format_size(2 * 10**12) == "2.0 TB"
 
 
 # -- max_size option -------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from xpersist_sql import CacheStore, InvalidKeyError, LockTimeoutError
-from xpersist_sql.locks import (
+from xpersist_sql.db.locks import (
     AdvisoryLock,
     FileKeyLock,
     advisory_lock_id,

@@ -14,8 +14,8 @@ import pytest
 import sqlalchemy as sa
 
 from xpersist_sql import Artifact, CacheStore
-from xpersist_sql.db.tables import ARTIFACTS, TAGS
 from xpersist_sql.db.queries import build_select
+from xpersist_sql.db.tables import ARTIFACTS, TAGS
 from xpersist_sql.query import glob_to_regex, parse_query, parse_time
 
 UTC = timezone.utc

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import subprocess
 import sys
 import threading
@@ -135,7 +136,9 @@ def create_0003_index(url: str, root: Path) -> None:
                 ).scalar_one()
                 for tag in tags:
                     conn.execute(
-                        OLD_TAGS.insert().values(artifact_id=artifact_id, tag=tag, created_at=created)
+                        OLD_TAGS.insert().values(
+                            artifact_id=artifact_id, tag=tag, created_at=created
+                        )
                     )
                 payload = root / key
                 payload.parent.mkdir(parents=True, exist_ok=True)
@@ -163,8 +166,8 @@ def state(url: str) -> dict[str, Any]:
         engine.dispose()
 
 
-def owners(url: str) -> dict[str, str]:
-    """Key -> marker id of the store owning it (one store per key expected)."""
+def owners(url: str) -> dict[str, set[str]]:
+    """Key -> marker ids of the stores holding it."""
     engine = create_index_engine(url)
     try:
         with engine.connect() as conn:
@@ -176,10 +179,9 @@ def owners(url: str) -> dict[str, str]:
             ).all()
     finally:
         engine.dispose()
-    result: dict[str, str] = {}
+    result: dict[str, set[str]] = {}
     for key, uid in found:
-        assert key not in result, f"{key} belongs to two stores"
-        result[key] = uid
+        result.setdefault(key, set()).add(uid)
     return result
 
 
@@ -282,9 +284,10 @@ def test_upgrade_without_a_store_is_refused_and_changes_nothing(
 
 
 def test_a_store_on_an_old_index_says_how_to_upgrade(
-    tmp_path: Path, root: Path, database_url: str | None
+    tmp_path: Path, root: Path, database_url: str | None, runner: CliRunner
 ) -> None:
-    """A write to a store whose index is at 0003 names the command (with --db when shared)."""
+    """A write to a store whose index is at 0003 names the command that upgrades it, and that
+    command works (it needs --db when the index is not the store's embedded file)."""
     url = database_url or embedded_url(root)
     create_0003_index(url, root)
     before = state(url)
@@ -294,11 +297,16 @@ def test_a_store_on_an_old_index_says_how_to_upgrade(
             store.put("new.json", {"new": 1}, serializer="json")
     finally:
         store.close()
-    if database_url is not None:
-        # the store's index is not its embedded file: the command must say which database
-        assert "--db" in str(error.value), str(error.value)
     assert state(url) == before
     assert not (root / "new.json").exists()
+
+    hinted = shlex.split(str(error.value).rpartition("with: ")[2])
+    assert hinted[:3] == ["xpersist-sql", "db", "upgrade"], hinted
+    result = invoke(runner, *hinted[1:])
+    assert result.exit_code == 0, (hinted, result.output)
+    assert revision_of(url) == HEAD
+    uid = marker_id(root)
+    assert owners(url) == {key: {uid} for key in KEYS}
 
 
 # -- the store given -------------------------------------------------------------------------
@@ -313,7 +321,7 @@ def test_upgrade_with_store_root_gives_the_rows_to_that_store(
     uid = marker_id(root)
     assert uid is not None  # the marker was written
     assert stores_table(url) == [(uid, os.path.realpath(root))]
-    assert owners(url) == {key: uid for key in KEYS}
+    assert owners(url) == {key: {uid} for key in KEYS}
     assert schema_differences(url) == []
     # running it again changes nothing
     assert upgrade(url, "head", store_root=str(root)) == (HEAD, HEAD)
@@ -328,7 +336,7 @@ def test_upgrade_with_store_root_gives_the_rows_to_that_store(
         assert store.get_artifact("a.json").created_at == T0
         assert [a.key for a in store.query(flow_name="flow-a")] == ["dir/b.json", "a.json"]
         store.put("new.json", {"new": 1}, serializer="json")
-        assert owners(url)["new.json"] == uid
+        assert owners(url)["new.json"] == {uid}
     finally:
         store.close()
         reader.close()
@@ -354,22 +362,27 @@ def test_a_second_store_in_the_database_sees_none_of_the_upgraded_rows(
         assert first.keys() == KEYS  # unchanged
         assert first.get("a.json") == {"key": "a.json"}
         assert [a.key for a in first.query(flow_name="flow-a")] == ["dir/b.json", "a.json"]
-        uids = {marker_id(root), marker_id(tmp_path / "second")}
-        assert len(uids) == 2 and set(owners(url).values()) <= uids
-        assert {uid for uid, _ in stores_table(url)} == uids
+        uid, other = marker_id(root), marker_id(tmp_path / "second")
+        assert uid is not None and other is not None and uid != other
+        assert owners(url) == {
+            **{key: {uid} for key in KEYS},
+            "a.json": {uid, other},
+            "mine.json": {other},
+        }
+        assert sorted(row_uid for row_uid, _ in stores_table(url)) == sorted([uid, other])
     finally:
         first.close()
         second.close()
 
 
 def test_upgrade_of_an_embedded_index_finds_its_store(root: Path, runner: CliRunner) -> None:
-    """``<root>/.xpersist_sql/index.sqlite`` belongs to the store at ``<root>``: no option needed."""
+    """``<root>/.xpersist_sql/index.sqlite`` belongs to the store at ``<root>``: no option."""
     url = embedded_url(root)
     create_0003_index(url, root)
     assert upgrade(url) == ("0003", HEAD)
     uid = marker_id(root)
     assert uid is not None
-    assert owners(url) == {key: uid for key in KEYS}
+    assert owners(url) == {key: {uid} for key in KEYS}
     with contextlib.closing(CacheStore(root, readonly=True)) as store:
         assert store.keys() == KEYS
 
@@ -382,7 +395,7 @@ def test_upgrade_of_an_embedded_index_finds_its_store(root: Path, runner: CliRun
     result = invoke(runner, "db", "upgrade", "--store", str(root))
     assert result.exit_code == 0, result.output
     assert revision_of(url) == HEAD
-    assert owners(url) == {key: uid for key in KEYS}  # the same store id came back
+    assert owners(url) == {key: {uid} for key in KEYS}  # the same store id came back
 
 
 def test_db_upgrade_store_and_db_options(
@@ -394,7 +407,7 @@ def test_db_upgrade_store_and_db_options(
     assert result.exit_code == 0, result.output
     uid = marker_id(root)
     assert uid is not None
-    assert owners(postgres_url) == {key: uid for key in KEYS}
+    assert owners(postgres_url) == {key: {uid} for key in KEYS}
     with contextlib.closing(CacheStore(root, database_url=postgres_url)) as store:
         assert store.keys() == KEYS
 
@@ -448,7 +461,7 @@ def test_postgres_keys_compare_bytewise_from_0004(postgres_url: str, root: Path)
 
 # -- downgrade -------------------------------------------------------------------------------
 def test_downgrade_of_two_stores_is_refused_and_loses_nothing(
-    tmp_path: Path, database_url: str | None, runner: CliRunner
+    tmp_path: Path, database_url: str | None
 ) -> None:
     url = shared_url(tmp_path, database_url)
     first = CacheStore(tmp_path / "first", database_url=url)
@@ -477,16 +490,30 @@ def test_downgrade_of_two_stores_is_refused_and_loses_nothing(
             assert state(url) == before
     finally:
         engine.dispose()
-    result = invoke(runner, "db", "downgrade", "0003", "--db", url)
-    assert result.exit_code == 2, result.output
-    assert "holds the artifacts of 2 stores" in result.stderr
-    assert state(url) == before
 
     for name in ("first", "second"):
         with contextlib.closing(CacheStore(tmp_path / name, database_url=url)) as store:
             assert store.keys() == sorted(["same.json", f"{name}.json"])
             assert store.get("same.json") == {"store": store.path}
             assert [a.key for a in store.query(tags=["t"])] == [f"{name}.json"]
+
+
+def test_db_downgrade_of_two_stores_is_a_user_error(
+    tmp_path: Path, database_url: str | None, runner: CliRunner
+) -> None:
+    """``xpersist-sql db downgrade`` says why in one line (exit 2), not with a traceback."""
+    url = shared_url(tmp_path, database_url)
+    for name in ("first", "second"):
+        with contextlib.closing(CacheStore(tmp_path / name, database_url=url)) as store:
+            store.put("same.json", name, serializer="json")
+    before = state(url)
+    result = runner.invoke(app, ["db", "downgrade", "0003", "--db", url])
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(
+        result.exception
+    )
+    assert "holds the artifacts of 2 stores" in result.stderr
+    assert state(url) == before
 
 
 # -- concurrent upgrades ---------------------------------------------------------------------
@@ -502,9 +529,7 @@ def empty_database(backend: str, tmp_path: Path, admin_url: str | None) -> Itera
     with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
     try:
-        yield sa.engine.make_url(admin_url).set(database=name).render_as_string(
-            hide_password=False
-        )
+        yield sa.engine.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
     finally:
         with admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
@@ -520,6 +545,7 @@ def admin_url(backend: str, request: pytest.FixtureRequest) -> str | None:
 def test_concurrent_upgrades_of_an_empty_database_all_succeed(
     backend: str, tmp_path: Path, admin_url: str | None, round_: int
 ) -> None:
+    """Three threads call ``upgrade(url)`` at once: all succeed, one of them creates the schema."""
     with empty_database(backend, tmp_path, admin_url) as url:
         barrier = threading.Barrier(3)
         results: list[tuple[str | None, str | None]] = []
@@ -532,30 +558,43 @@ def test_concurrent_upgrades_of_an_empty_database_all_succeed(
             except BaseException as exc:  # reported below
                 errors.append(exc)
 
-        threads = [threading.Thread(target=worker) for _ in range(3)]
+        # daemon threads: migrations racing without the schema lock can hang (a database lock
+        # against a Python one); the test then fails instead of never ending
+        threads = [threading.Thread(target=worker, daemon=True) for _ in range(3)]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join(timeout=120)
+        assert not any(thread.is_alive() for thread in threads), "an upgrade never finished"
         assert not errors, errors
         # under the schema lock: one creates the schema, the others find it at head
-        assert sorted(results, key=repr) == sorted([(None, HEAD), (HEAD, HEAD), (HEAD, HEAD)], key=repr)
+        expected = [(None, HEAD), (HEAD, HEAD), (HEAD, HEAD)]
+        assert sorted(results, key=repr) == sorted(expected, key=repr)
         assert revision_of(url) == HEAD
         assert schema_differences(url) == []
 
 
+#: Imports first, then waits for the parent's go so that the three upgrades start together.
+WORKER = """
+import json, sys
+from xpersist_sql.db.schema import upgrade
+print("ready", flush=True)
+sys.stdin.readline()
+print(json.dumps(upgrade(sys.argv[1])), flush=True)
+"""
+
+
+@pytest.mark.parametrize("round_", range(2))
 def test_concurrent_upgrades_from_processes(
-    backend: str, tmp_path: Path, admin_url: str | None
+    backend: str, tmp_path: Path, admin_url: str | None, round_: int
 ) -> None:
-    code = (
-        "import sys, json; from xpersist_sql.db.schema import upgrade; "
-        "print(json.dumps(upgrade(sys.argv[1])))"
-    )
+    """Three processes call ``upgrade(url)`` at once on an empty database: all succeed."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("XPERSIST_SQL")}
     with empty_database(backend, tmp_path, admin_url) as url:
         processes = [
             subprocess.Popen(
-                [sys.executable, "-c", code, url],
+                [sys.executable, "-c", WORKER, url],
+                stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
@@ -563,8 +602,21 @@ def test_concurrent_upgrades_from_processes(
             )
             for _ in range(3)
         ]
-        outcomes = [process.communicate(timeout=120) for process in processes]
-        for process, (out, err) in zip(processes, outcomes):
+        try:
+            for process in processes:
+                assert process.stdout is not None
+                assert process.stdout.readline().strip() == "ready", process.stderr
+            for process in processes:  # all three go at once
+                assert process.stdin is not None
+                process.stdin.write("go\n")
+                process.stdin.flush()
+            outcomes = [process.communicate(timeout=120) for process in processes]
+        finally:
+            for process in processes:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+        for process, (_, err) in zip(processes, outcomes, strict=True):
             assert process.returncode == 0, err
         results = sorted((json.loads(out) for out, _ in outcomes), key=repr)
         assert results == sorted([[None, HEAD], [HEAD, HEAD], [HEAD, HEAD]], key=repr)

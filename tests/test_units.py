@@ -111,39 +111,29 @@ def test_format_size_reads_back_close_to_the_size() -> None:
 
 
 # -- parse_duration ------------------------------------------------------------------------------
+#: Every duration with the forms of it that parse_duration reads.
+DURATION_FORMS: list[tuple[timedelta, tuple[timedelta | int | float | str, ...]]] = [
+    (timedelta(0), (timedelta(0), 0, "0", "-0")),
+    (timedelta(seconds=1.5), (1.5,)),
+    (timedelta(seconds=2.5), ("2.5",)),
+    (timedelta(seconds=30), ("30", "30s")),
+    (timedelta(seconds=45), ("PT45S",)),
+    (timedelta(seconds=90), (90,)),
+    (timedelta(minutes=1), (timedelta(minutes=1),)),
+    (timedelta(minutes=5), ("+5m",)),
+    (timedelta(minutes=30), ("30m", "30M", "PT30M", "PT0.5H")),
+    (timedelta(minutes=90), ("1.5h",)),
+    (timedelta(hours=12), ("12h", "12 h", "  12H  ", ".5d", "PT12H")),
+    (timedelta(days=1, hours=2, minutes=30), ("P1DT2H30M",)),
+    (timedelta(days=7), ("7d", "P7D", "p7d", "P1W")),
+    (timedelta(weeks=2), ("2w",)),
+    (timedelta(days=999_999_999), ("P999999999D",)),
+]
+
+
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [
-        (timedelta(minutes=1), timedelta(minutes=1)),
-        (timedelta(0), timedelta(0)),
-        (0, timedelta(0)),
-        (90, timedelta(seconds=90)),
-        (1.5, timedelta(seconds=1.5)),
-        ("0", timedelta(0)),
-        ("30", timedelta(seconds=30)),
-        ("2.5", timedelta(seconds=2.5)),
-        ("30s", timedelta(seconds=30)),
-        ("30m", timedelta(minutes=30)),
-        ("30M", timedelta(minutes=30)),
-        ("12h", timedelta(hours=12)),
-        ("12 h", timedelta(hours=12)),
-        ("  12H  ", timedelta(hours=12)),
-        ("1.5h", timedelta(minutes=90)),
-        (".5d", timedelta(hours=12)),
-        ("7d", timedelta(days=7)),
-        ("2w", timedelta(weeks=2)),
-        ("+5m", timedelta(minutes=5)),
-        ("-0", timedelta(0)),
-        ("P7D", timedelta(days=7)),
-        ("p7d", timedelta(days=7)),
-        ("PT12H", timedelta(hours=12)),
-        ("P1W", timedelta(weeks=1)),
-        ("PT30M", timedelta(minutes=30)),
-        ("PT45S", timedelta(seconds=45)),
-        ("P1DT2H30M", timedelta(days=1, hours=2, minutes=30)),
-        ("PT0.5H", timedelta(minutes=30)),
-        ("P999999999D", timedelta(days=999_999_999)),
-    ],
+    [(value, expected) for expected, values in DURATION_FORMS for value in values],
 )
 def test_parse_duration(value: timedelta | int | float | str, expected: timedelta) -> None:
     assert parse_duration(value) == expected

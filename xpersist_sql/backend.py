@@ -23,6 +23,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine
@@ -30,7 +31,7 @@ from sqlalchemy import Connection, Engine
 from .db.access import AccessLog
 from .db.engine import create_index_engine, redact_url, sqlite_path
 from .db.index import ArtifactIndex
-from .db.schema import ensure_schema
+from .db.schema import ensure_schema, schema_state, upgrade_command
 from .db.stores import find_store, register_store, set_store_root, stores_at_root
 from .errors import InvalidKeyError, OverlappingKeyError, StoreMismatchError, StoreNotFoundError
 from .marker import HIDDEN_DIR, StoreMarker, create_marker, read_marker, store_root_url
@@ -96,15 +97,39 @@ class StoreBackend:
         return self._embedded_index() and db_file is not None and db_file.exists()
 
     def require_store(self) -> None:
-        """Raise :class:`StoreNotFoundError` unless the root holds a store."""
+        """Raise :class:`StoreNotFoundError` unless the root holds a store.
+
+        Raises
+        ------
+        StoreNotFoundError
+            If the root holds no marker (nor an embedded index of an older version).
+        SchemaVersionError
+            If it holds none because its index, outside the root, predates store markers.
+        """
         if self.is_store():
             return
+        self._check_outside_index()
         raise StoreNotFoundError(
             f"no xpersist_sql store at {self.storage.url()!r}: it has no "
             f"{HIDDEN_DIR}/store.json marker. Check the path (and --db / database_url); a store "
             "is created by its first put. A store written by an older xpersist_sql is upgraded "
-            f"with `xpersist-sql db upgrade --store {self.storage.url()}`"
+            f"with `{upgrade_command(self.database_url, self.storage.url())}`"
         )
+
+    def _check_outside_index(self) -> None:
+        """Raise SchemaVersionError if an index outside the root is not at head (reads only)."""
+        if self._embedded_index():
+            return
+        db_file = sqlite_path(self.database_url)
+        if db_file is not None and not db_file.exists():
+            return
+        probe = create_index_engine(self.database_url, readonly=True)
+        try:
+            state = schema_state(probe)
+            if state:  # an older, newer or foreign schema: say so, and how to upgrade
+                ensure_schema(probe, store=self.storage.url(), readonly=True)
+        finally:
+            probe.dispose()
 
     def _has_payloads(self) -> bool:
         try:
@@ -159,7 +184,9 @@ class StoreBackend:
                 if not create or self.readonly:
                     if self._embedded_index() and self.is_store():
                         self._engine_locked()  # an older index: SchemaVersionError says how
+                    self._check_outside_index()
                     return None
+                engine = self._engine_locked()  # the schema is checked before the marker
                 self.storage.fs.makedirs(self.storage.root, exist_ok=True)
                 marker = create_marker(self.storage.fs, self.storage.root)
                 fresh = True
@@ -201,6 +228,15 @@ class StoreBackend:
         if self.readonly or self._access is None:
             return
         self._access.record(key, lambda: self.engine)
+
+    def reset_access_log(self, resolution: float = 60.0, flush_interval: float = 5.0) -> None:
+        """Write what is pending, then start a fresh access log (benchmarks, tests)."""
+        self.flush_accesses()
+        index = self.index()
+        if index is not None:
+            self._access = AccessLog(
+                index.store_id, resolution=resolution, flush_interval=flush_interval
+            )
 
     def flush_accesses(self) -> None:
         """Write the last-access times this process has not recorded yet."""
@@ -390,7 +426,5 @@ class StoreBackend:
         return {"root": self.storage.url(), "index": redact_url(self.database_url)}
 
 
-def _local_hidden_dir(storage: PayloadStorage) -> Any:
-    from pathlib import Path
-
+def _local_hidden_dir(storage: PayloadStorage) -> Path | None:
     return Path(storage.root) / HIDDEN_DIR if storage.is_local else None

@@ -75,8 +75,9 @@ class LegacyIssue:
         Path of the sidecar relative to the store root.
     key : str or None
         The key it describes, when readable.
-    problem : {"broken", "missing_payload", "invalid_key", "unsupported_serializer"}
-        What is wrong.
+    problem : str
+        What is wrong: ``"broken"``, ``"missing_payload"``, ``"invalid_key"``,
+        ``"overlapping_key"`` or ``"unsupported_serializer"``.
     detail : str
         A sentence saying what and what to do.
     """

@@ -44,12 +44,8 @@ _FORMAT = 1
 class StoreMarker:
     """The content of a store marker.
 
-    Attributes
-    ----------
-    store_id : str
-        The store's identity (a UUID in hex).
-    created_at : str
-        When the store was created (ISO 8601, UTC).
+    ``store_id`` is the store's identity (a UUID in hex); ``created_at`` says when the store was
+    created (ISO 8601, UTC).
     """
 
     store_id: str

@@ -16,6 +16,7 @@ from datetime import date, datetime, time, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from .models import Artifact
+from .units import parse_duration
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -45,19 +46,11 @@ _FIELDS = tuple(Artifact.model_fields)
 #: The text filters that are plain equalities on a column.
 TEXT_FILTERS = ("flow_name", "task_name", "flow_run_id", "task_run_id", "serializer")
 _PROMOTED = ("flow_name", "task_name", "flow_run_id", "task_run_id")
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d|w)$", re.IGNORECASE)
-_ISO_DURATION = re.compile(
-    r"^P(?!$)(?:(?P<weeks>\d+(?:\.\d+)?)W)?(?:(?P<days>\d+(?:\.\d+)?)D)?"
-    r"(?:T(?=\d)(?:(?P<hours>\d+(?:\.\d+)?)H)?(?:(?P<minutes>\d+(?:\.\d+)?)M)?"
-    r"(?:(?P<seconds>\d+(?:\.\d+)?)S)?)?$",
-    re.IGNORECASE,
-)
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _TIME_HELP = (
     "a datetime (naive means UTC), a date, an ISO-8601 string ('2021-12-16', "
     "'2021-12-16T08:00:00+01:00'), a timedelta meaning that long ago, or a duration string "
-    "meaning that long ago ('7d', '12h', '30m', '2w', 'P7D', 'PT12H')"
+    "meaning that long ago ('7d', '12h', '30m', '2w', 'P7D', 'PT12H', or seconds: '30')"
 )
 
 
@@ -105,15 +98,13 @@ class ArtifactQuery:
 
 
 # -- parsing -------------------------------------------------------------------------------------
-def _parse_duration(text: str) -> timedelta | None:
-    match = _DURATION.match(text)
-    if match:
-        return timedelta(**{_UNITS[match.group(2).lower()]: float(match.group(1))})
-    match = _ISO_DURATION.match(text)
-    if match:
-        parts = {name: float(value) for name, value in match.groupdict().items() if value}
-        return timedelta(**parts)
-    return None
+def _ago(now: datetime, delta: timedelta, name: str, value: Any) -> datetime:
+    try:
+        return now - delta
+    except OverflowError:
+        raise ValueError(
+            f"{name}={value!r} reaches before the year 1; pass a shorter duration or a date"
+        ) from None
 
 
 def parse_time(value: Any, *, name: str = "since", now: datetime | None = None) -> datetime:
@@ -124,8 +115,8 @@ def parse_time(value: Any, *, name: str = "since", now: datetime | None = None) 
     value : datetime, date, timedelta or str
         A datetime (naive means UTC), a date (its midnight UTC), a timedelta (that long before
         ``now``), an ISO-8601 date or datetime string, or a duration string such as ``"7d"``,
-        ``"12h"``, ``"30m"``, ``"90s"``, ``"2w"`` or ISO-8601 ``"P7D"`` (that long before
-        ``now``).
+        ``"12h"``, ``"30m"``, ``"90s"``, ``"2w"``, ISO-8601 ``"P7D"`` or seconds ``"30"``
+        (that long before ``now``; see :func:`xpersist_sql.units.parse_duration`).
     name : str
         The argument's name, for error messages.
     now : datetime, optional
@@ -158,17 +149,19 @@ def parse_time(value: Any, *, name: str = "since", now: datetime | None = None) 
                 f"{name}={value!r} is a negative timedelta; a timedelta means that long ago, "
                 "so pass a positive one (or a datetime for a moment in the future)"
             )
-        return now - value
+        return _ago(now, value, name, value)
     if isinstance(value, str):
         text = value.strip()
-        delta = _parse_duration(text)
-        if delta is not None:
-            return now - delta
         iso = text[:-1] + "+00:00" if text[-1:] in ("Z", "z") else text
         try:
             return parse_time(datetime.fromisoformat(iso), name=name, now=now)
         except ValueError:
+            pass
+        try:
+            delta = parse_duration(text)  # the units every duration of the package goes through
+        except ValueError:
             raise ValueError(f"{name}={value!r} is not a date or time; pass {_TIME_HELP}") from None
+        return _ago(now, delta, name, value)
     raise TypeError(f"{name} must be {_TIME_HELP}; got {type(value).__name__} {value!r}")
 
 

@@ -187,7 +187,7 @@ class PayloadStorage:
             For an invalid key.
         UnsafePathError
             If a directory on the way (or, with ``final``, the payload itself) is a symbolic
-            link, or a directory on the way is a file.
+            link, or a directory on the way holds another store.
         """
         validate_key(key, store=self.url())
         if not self.is_local:
@@ -213,6 +213,12 @@ class PayloadStorage:
                 )
             if not last and not stat_module.S_ISDIR(mode):
                 break  # a file in the way: the write fails, or the index names the key
+            if not last and os.path.lexists(os.path.join(current, HIDDEN_DIR)):
+                raise UnsafePathError(
+                    f"key {key!r} of store {self.url()!r} lies inside {current!r}, which holds "
+                    f"another store ({HIDDEN_DIR!r}): a store never reads or writes another "
+                    "store's files. Use another key, or open that store itself"
+                )
         return self.path(key)
 
     def _holds_store(self, path: str) -> bool:

@@ -18,6 +18,7 @@ from ._version import __version__
 from .backend import StoreBackend
 from .db.engine import redact_url
 from .db.index import ArtifactIndex
+from .db.locks import KeyLock, key_lock
 from .db.schema import INDEX_FILENAME
 from .errors import (
     ArtifactNotFoundError,
@@ -29,7 +30,6 @@ from .errors import (
     ReadonlyStoreError,
 )
 from .legacy import LegacyImportReport, import_legacy_into
-from .locks import KeyLock, key_lock
 from .maintenance import evict as _evict
 from .maintenance import gc as _gc
 from .maintenance import verify as _verify
@@ -823,7 +823,7 @@ class CacheStore:
             held.release()
 
     def key_lock(self, key: str) -> KeyLock:
-        """Return an unacquired :class:`~xpersist_sql.locks.KeyLock` on any string ``key``.
+        """Return an unacquired :class:`~xpersist_sql.db.locks.KeyLock` on any string ``key``.
 
         The building block of :meth:`lock` for callers that acquire and release in different
         places (the Prefect lock manager); the key is not validated as a path.

@@ -116,11 +116,13 @@ def upgrade() -> None:
     op.create_table(
         "xpersist_stores",
         sa.Column("id", IdType, primary_key=True, autoincrement=True),
+        sa.PrimaryKeyConstraint("id", name="pk_xpersist_stores"),
+        # the id in the store's marker, unique: the store's identity
         sa.Column("uid", sa.String(32), nullable=False),
+        sa.UniqueConstraint("uid", name="uq_xpersist_stores_uid"),
+        # where it was last opened for writing, and when it was first recorded
         sa.Column("root", sa.String(2048), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.PrimaryKeyConstraint("id", name="pk_xpersist_stores"),
-        sa.UniqueConstraint("uid", name="uq_xpersist_stores_uid"),
     )
     store_id = _store_for_existing_rows()
     with op.batch_alter_table(TABLE) as batch:

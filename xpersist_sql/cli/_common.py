@@ -7,10 +7,14 @@ Nothing here registers a command; the command modules import from here and from
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
+import inspect
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator
+import typing
+from collections.abc import Callable, Collection, Iterator
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -39,23 +43,16 @@ __all__ = [
     "STORE_ENV",
     "DbOpt",
     "ExpiredOpt",
-    "FlowOpt",
-    "FlowRunOpt",
     "JsonOpt",
-    "KeyOpt",
-    "MetaOpt",
-    "SerializerOpt",
-    "SinceOpt",
+    "QueryFilters",
     "StoreOpt",
-    "TagOpt",
-    "TaskOpt",
-    "TaskRunOpt",
-    "UntilOpt",
+    "StoreOptions",
     "artifact_table",
-    "filters",
-    "has_filter",
+    "confirm",
     "local_path",
     "open_store",
+    "option_groups",
+    "print_error",
     "print_json",
     "progress_bar",
     "size",
@@ -80,7 +77,8 @@ StoreOpt = Annotated[
     typer.Option(
         "--store",
         envvar=STORE_ENV,
-        help="Store root: a directory or an fsspec URL [default: <tempdir>/xpersist_sql].",
+        help="Store root: a directory or an fsspec URL [default: the user cache directory, "
+        "~/.cache/xpersist_sql on Linux].",
         show_default=False,
     ),
 ]
@@ -93,45 +91,96 @@ DbOpt = Annotated[
         show_default=False,
     ),
 ]
-KeyOpt = Annotated[
-    str | None, typer.Option("--key", help="Glob on the key (* and ?).", show_default=False)
-]
-FlowOpt = Annotated[str | None, typer.Option("--flow", "--flow-name", help="Flow name.")]
-TaskOpt = Annotated[str | None, typer.Option("--task", "--task-name", help="Task name.")]
-FlowRunOpt = Annotated[str | None, typer.Option("--flow-run-id", help="Prefect flow run id.")]
-TaskRunOpt = Annotated[str | None, typer.Option("--task-run-id", help="Prefect task run id.")]
-SerializerOpt = Annotated[str | None, typer.Option("--serializer", help="Serializer name.")]
-TagOpt = Annotated[
-    list[str] | None,
-    typer.Option("--tag", help="A tag the artifact has (repeat: all of them).", show_default=False),
-]
-MetaOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--meta",
-        help="NAME=VALUE equality on additional_metadata (VALUE read as JSON if it is a JSON "
-        "number, true, false or null, else as text; repeat for several).",
-        show_default=False,
-    ),
-]
-SinceOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--since",
-        help="Created at or after: ISO date/time (UTC unless an offset is given) or a duration "
-        "ago (7d, 12h, 30m, 2w, P7D).",
-    ),
-]
-UntilOpt = Annotated[
-    str | None, typer.Option("--until", help="Created before (same forms as --since).")
-]
 ExpiredOpt = Annotated[
     bool, typer.Option("--include-expired", help="Also show artifacts whose ttl has passed.")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
-# -- filters ---------------------------------------------------------------------------------
+# -- option groups ---------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class StoreOptions:
+    """``--store`` and ``--db``: the store a command works on and its index."""
+
+    store: StoreOpt = None
+    db: DbOpt = None
+
+    def open(self, *, readonly: bool) -> contextlib.AbstractContextManager[CacheStore]:
+        """Open the selected store (never creating one) with :func:`open_store`."""
+        return open_store(self.store, self.db, readonly=readonly)
+
+
+@dataclasses.dataclass(frozen=True)
+class QueryFilters:
+    """The filter options of ``ls``, ``stats`` and ``rm``, as typed on the command line."""
+
+    key: Annotated[
+        str | None, typer.Option("--key", help="Glob on the key (* and ?).", show_default=False)
+    ] = None
+    flow: Annotated[str | None, typer.Option("--flow", "--flow-name", help="Flow name.")] = None
+    task: Annotated[str | None, typer.Option("--task", "--task-name", help="Task name.")] = None
+    flow_run_id: Annotated[
+        str | None, typer.Option("--flow-run-id", help="Prefect flow run id.")
+    ] = None
+    task_run_id: Annotated[
+        str | None, typer.Option("--task-run-id", help="Prefect task run id.")
+    ] = None
+    serializer: Annotated[str | None, typer.Option("--serializer", help="Serializer name.")] = None
+    tag: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--tag", help="A tag the artifact has (repeat: all of them).", show_default=False
+        ),
+    ] = None
+    meta: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--meta",
+            help="NAME=VALUE equality on additional_metadata (VALUE read as JSON if it is a JSON "
+            "number, true, false or null, else as text; repeat for several).",
+            show_default=False,
+        ),
+    ] = None
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--since",
+            help="Created at or after: ISO date/time (UTC unless an offset is given) or a "
+            "duration ago (7d, 12h, 30m, 2w, P7D).",
+        ),
+    ] = None
+    until: Annotated[
+        str | None, typer.Option("--until", help="Created before (same forms as --since).")
+    ] = None
+    include_expired: ExpiredOpt = False
+
+    def query(self) -> dict[str, Any]:
+        """Return the keyword filters of ``CacheStore.query`` (and ``summarize``).
+
+        Raises
+        ------
+        ValueError
+            If a ``--meta`` option is not ``NAME=VALUE``.
+        """
+        return {
+            "key": self.key,
+            "flow_name": self.flow,
+            "task_name": self.task,
+            "flow_run_id": self.flow_run_id,
+            "task_run_id": self.task_run_id,
+            "serializer": self.serializer,
+            "tags": self.tag or None,
+            "metadata": _meta(self.meta),
+            "since": self.since,
+            "until": self.until,
+            "include_expired": self.include_expired,
+        }
+
+    def any(self) -> bool:
+        """Return whether any filter is set (``--include-expired`` included)."""
+        return any(value not in (None, False) for value in self.query().values())
+
+
 def _meta(pairs: list[str] | None) -> dict[str, str | int | float | bool | None] | None:
     if not pairs:
         return None
@@ -148,45 +197,58 @@ def _meta(pairs: list[str] | None) -> dict[str, str | int | float | bool | None]
     return result
 
 
-def filters(
-    *,
-    key: str | None = None,
-    flow: str | None = None,
-    task: str | None = None,
-    flow_run_id: str | None = None,
-    task_run_id: str | None = None,
-    serializer: str | None = None,
-    tag: list[str] | None = None,
-    meta: list[str] | None = None,
-    since: str | None = None,
-    until: str | None = None,
-    include_expired: bool = False,
-) -> dict[str, Any]:
-    """Return the keyword filters of ``CacheStore.query`` for the command-line options.
+_GROUPS: tuple[type, ...] = (StoreOptions, QueryFilters)
 
-    Raises
-    ------
-    ValueError
-        If a ``--meta`` option is not ``NAME=VALUE``.
+
+def option_groups(
+    *, omit: Collection[str] = ()
+) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Turn each option-group parameter of a command into the group's options.
+
+    A parameter annotated with :class:`StoreOptions` or :class:`QueryFilters` stands, in the
+    command's signature as typer sees it, for the group's fields as options, in their order and
+    at its place; the command receives one instance built from them. The fields in ``omit`` are
+    not offered and keep their defaults. A field the command declares as a parameter of its own
+    keeps the place the command gives it in ``--help``, and reaches both the command and the
+    group (``ls`` lists ``--include-expired`` after ``--limit`` and ``--oldest``).
     """
-    return {
-        "key": key,
-        "flow_name": flow,
-        "task_name": task,
-        "flow_run_id": flow_run_id,
-        "task_run_id": task_run_id,
-        "serializer": serializer,
-        "tags": tag or None,
-        "metadata": _meta(meta),
-        "since": since,
-        "until": until,
-        "include_expired": include_expired,
-    }
 
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        own = inspect.signature(command, eval_str=True).parameters
+        groups: dict[str, type] = {}
+        params: list[inspect.Parameter] = []
+        for param in own.values():
+            if param.annotation not in _GROUPS:
+                params.append(param.replace(kind=inspect.Parameter.KEYWORD_ONLY))
+                continue
+            groups[param.name] = param.annotation
+            hints = typing.get_type_hints(param.annotation, include_extras=True)
+            params.extend(
+                inspect.Parameter(
+                    field.name,
+                    inspect.Parameter.KEYWORD_ONLY,
+                    default=field.default,
+                    annotation=hints[field.name],
+                )
+                for field in dataclasses.fields(param.annotation)
+                if field.name not in omit and field.name not in own
+            )
 
-def has_filter(query_filters: dict[str, Any]) -> bool:
-    """Return whether any filter of :func:`filters` is set."""
-    return any(value not in (None, False) for value in query_filters.values())
+        @functools.wraps(command)
+        def run(**options: Any) -> None:
+            for name, group in groups.items():
+                fields = [field.name for field in dataclasses.fields(group)]
+                options[name] = group(
+                    **{field: options[field] for field in fields if field in options}
+                )
+            command(**{name: value for name, value in options.items() if name in own})
+
+        signature = inspect.Signature(params, return_annotation=None)
+        run.__signature__ = signature  # type: ignore[attr-defined]
+        run.__annotations__ = {param.name: param.annotation for param in params}
+        return run
+
+    return decorate
 
 
 # -- the store and errors --------------------------------------------------------------------
@@ -230,8 +292,13 @@ def open_store(
         opened.close()
 
 
-def _fail(message: str) -> typer.Exit:
+def print_error(message: str) -> None:
+    """Print ``error: MESSAGE`` on stderr, on one line (no markup, never folded)."""
     stderr().print(f"error: {message}", markup=False, soft_wrap=True)
+
+
+def _fail(message: str) -> typer.Exit:
+    print_error(message)
     return typer.Exit(EXIT_ERROR)
 
 
@@ -263,6 +330,11 @@ def stdout() -> Console:
 def stderr() -> Console:
     """Return a console on stderr (messages, prompts, progress bars)."""
     return Console(file=sys.stderr, highlight=False)
+
+
+def confirm(question: str) -> bool:
+    """Ask ``question`` on stderr; only an explicit yes answers True."""
+    return typer.confirm(question, default=False, err=True)
 
 
 def print_json(value: Any) -> None:

@@ -20,23 +20,25 @@ from .. import StoreNotFoundError, __version__
 from ..db import schema
 from ..db.engine import create_index_engine, redact_url, sqlite_path
 from ._app import db_app
-from ._common import DbOpt, StoreOpt, local_path, open_store, print_json, stdout, user_errors
+from ._common import StoreOptions, local_path, option_groups, print_json, stdout, user_errors
 
 __all__ = ["db_current", "db_downgrade", "db_history", "db_upgrade"]
 
 DbJsonOpt = Annotated[
     bool, typer.Option("--json", help="Print JSON instead of a sentence.", show_default=False)
 ]
+UpgradeTarget = Annotated[str, typer.Argument(help="Target revision (head, +1, an id).")]
+DowngradeTarget = Annotated[str, typer.Argument(help="Target revision (-1, an id, base).")]
 
 
-def _index(store: str | None, db: str | None) -> tuple[str, str | None]:
+def _index(where: StoreOptions) -> tuple[str, str | None]:
     """Return the index URL and the store root (None with ``--db`` alone) the options select.
 
     Nothing is created: a path that is not a store is an error, for ``db upgrade`` too.
     """
-    if db is not None:
-        return db, None if store is None else _existing_root(store)
-    with open_store(store, db, readonly=True) as opened:
+    if where.db is not None:
+        return where.db, None if where.store is None else _existing_root(where.store)
+    with where.open(readonly=True) as opened:
         return opened.database_url, opened.path
 
 
@@ -65,15 +67,13 @@ def _revision(url: str) -> str | None:
 
 
 @db_app.command("upgrade")
+@option_groups()
 def db_upgrade(
-    revision: Annotated[str, typer.Argument(help="Target revision (head, +1, an id).")] = "head",
-    store: StoreOpt = None,
-    db: DbOpt = None,
-    as_json: DbJsonOpt = False,
+    revision: UpgradeTarget = "head", *, where: StoreOptions, as_json: DbJsonOpt = False
 ) -> None:
     """Upgrade the index schema (creating it if the database is empty)."""
     with user_errors():
-        url, root = _index(store, db)
+        url, root = _index(where)
         before, after = schema.upgrade(url, revision, store_root=root)
     if as_json:
         print_json({"url": redact_url(url), "before": before, "after": after})
@@ -89,15 +89,13 @@ def db_upgrade(
 @db_app.command(
     "downgrade", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": True}
 )
+@option_groups()
 def db_downgrade(
-    revision: Annotated[str, typer.Argument(help="Target revision (-1, an id, base).")],
-    store: StoreOpt = None,
-    db: DbOpt = None,
-    as_json: DbJsonOpt = False,
+    revision: DowngradeTarget, where: StoreOptions, as_json: DbJsonOpt = False
 ) -> None:
     """Downgrade the index schema, e.g. before going back to an older xpersist_sql."""
     with user_errors():
-        url, _ = _index(store, db)
+        url = _index(where)[0]
         before = _revision(url)
         if before is None:
             raise ValueError(f"{redact_url(url)} has no xpersist_sql schema to downgrade")
@@ -117,10 +115,11 @@ def db_downgrade(
 
 
 @db_app.command("current")
-def db_current(store: StoreOpt = None, db: DbOpt = None, as_json: DbJsonOpt = False) -> None:
+@option_groups()
+def db_current(where: StoreOptions, as_json: DbJsonOpt = False) -> None:
     """Print the index's schema revision and whether it is the one this version needs."""
     with user_errors():
-        url, _ = _index(store, db)
+        url, _ = _index(where)
         current = _revision(url)
         head = schema.head_revision()
     if as_json:
@@ -136,15 +135,16 @@ def db_current(store: StoreOpt = None, db: DbOpt = None, as_json: DbJsonOpt = Fa
 
 
 @db_app.command("history")
-def db_history(store: StoreOpt = None, db: DbOpt = None, as_json: DbJsonOpt = False) -> None:
+@option_groups()
+def db_history(where: StoreOptions, as_json: DbJsonOpt = False) -> None:
     """List the schema revisions shipped with this version, marking the index's current one.
 
     Without --store, --db or their environment variables, only the revisions are listed.
     """
     with user_errors():
         current = None
-        if store is not None or db is not None:
-            current = _revision(_index(store, db)[0])
+        if where.store is not None or where.db is not None:
+            current = _revision(_index(where)[0])
         script = ScriptDirectory.from_config(schema.alembic_config())
         revisions = list(script.walk_revisions())
     entries: list[dict[str, Any]] = [

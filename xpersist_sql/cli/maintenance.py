@@ -19,9 +19,11 @@ from ._common import (
     EXIT_PROBLEMS,
     DbOpt,
     JsonOpt,
-    StoreOpt,
+    StoreOptions,
+    confirm,
     local_path,
     open_store,
+    option_groups,
     print_json,
     progress_bar,
     size,
@@ -39,9 +41,9 @@ _GC_KINDS = ("expired", "orphan", "staging", "trash")
 
 # -- gc --------------------------------------------------------------------------------------
 @app.command("gc")
+@option_groups()
 def gc_command(
-    store: StoreOpt = None,
-    db: DbOpt = None,
+    where: StoreOptions,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Only list what would be removed, with sizes.")
     ] = False,
@@ -63,7 +65,7 @@ def gc_command(
     err = stderr()
     with user_errors():
         grace = parse_duration(older_than)
-        with open_store(store, db, readonly=dry_run) as opened, progress_bar(err) as progress:
+        with where.open(readonly=dry_run) as opened, progress_bar(err) as progress:
             report = opened.gc(older_than=grace, dry_run=dry_run, progress=progress)
     if as_json:
         print_json(
@@ -97,9 +99,9 @@ def gc_command(
 
 # -- verify ----------------------------------------------------------------------------------
 @app.command("verify")
+@option_groups()
 def verify_command(
-    store: StoreOpt = None,
-    db: DbOpt = None,
+    where: StoreOptions,
     as_json: JsonOpt = False,
     repair: Annotated[
         bool,
@@ -120,13 +122,13 @@ def verify_command(
     problem remains), 2 if the check itself failed.
     """
     err = stderr()
-    with user_errors(), open_store(store, db, readonly=not repair) as opened:
+    with user_errors(), where.open(readonly=not repair) as opened:
         with progress_bar(err) as progress:
             report = opened.verify(checksums=checksums, progress=progress)
         dropped: list[str] = []
         if repair and report.missing:
             question = f"Drop the rows of {len(report.missing)} artifacts whose payload is gone?"
-            if yes or typer.confirm(question, default=False, err=True):
+            if yes or confirm(question):
                 with progress_bar(err) as progress:
                     dropped = opened.repair(report.missing, progress=progress)
             else:
@@ -165,13 +167,13 @@ def verify_command(
 
 # -- evict -----------------------------------------------------------------------------------
 @app.command("evict")
+@option_groups()
 def evict_command(
     max_size: Annotated[
         str,
         typer.Option("--max-size", help="Evict until the store fits: bytes or 500MB, 50GB, 2TiB."),
     ],
-    store: StoreOpt = None,
-    db: DbOpt = None,
+    where: StoreOptions,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Only list what would be evicted.")
     ] = False,
@@ -181,7 +183,7 @@ def evict_command(
     err = stderr()
     with user_errors():
         limit = parse_size(max_size)
-        with open_store(store, db, readonly=dry_run) as opened, progress_bar(err) as progress:
+        with where.open(readonly=dry_run) as opened, progress_bar(err) as progress:
             report = opened.evict(limit, dry_run=dry_run, progress=progress)
     if as_json:
         print_json(

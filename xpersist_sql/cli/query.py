@@ -10,23 +10,12 @@ from rich.table import Table
 
 from ._app import app
 from ._common import (
-    DbOpt,
     ExpiredOpt,
-    FlowOpt,
-    FlowRunOpt,
     JsonOpt,
-    KeyOpt,
-    MetaOpt,
-    SerializerOpt,
-    SinceOpt,
-    StoreOpt,
-    TagOpt,
-    TaskOpt,
-    TaskRunOpt,
-    UntilOpt,
+    QueryFilters,
+    StoreOptions,
     artifact_table,
-    filters,
-    open_store,
+    option_groups,
     print_json,
     size,
     stderr,
@@ -40,44 +29,23 @@ __all__ = ["list_artifacts", "show", "stats"]
 GROUPS = ("flow_name", "task_name", "serializer")
 
 
+@option_groups()
 def list_artifacts(
-    store: StoreOpt = None,
-    db: DbOpt = None,
-    key: KeyOpt = None,
-    flow: FlowOpt = None,
-    task: TaskOpt = None,
-    flow_run_id: FlowRunOpt = None,
-    task_run_id: TaskRunOpt = None,
-    serializer: SerializerOpt = None,
-    tag: TagOpt = None,
-    meta: MetaOpt = None,
-    since: SinceOpt = None,
-    until: UntilOpt = None,
+    where: StoreOptions,
+    filters: QueryFilters,
     limit: Annotated[
         int | None, typer.Option("--limit", "-n", help="Show at most this many.")
     ] = None,
     oldest: Annotated[bool, typer.Option("--oldest", help="Oldest first.")] = False,
-    include_expired: ExpiredOpt = False,
+    include_expired: ExpiredOpt = False,  # (a filter: listed here, after --limit and --oldest)
     as_json: JsonOpt = False,
 ) -> None:
     """List the artifacts matching the filters, newest first (all of them without filters)."""
     with user_errors():
-        query_filters = filters(
-            key=key,
-            flow=flow,
-            task=task,
-            flow_run_id=flow_run_id,
-            task_run_id=task_run_id,
-            serializer=serializer,
-            tag=tag,
-            meta=meta,
-            since=since,
-            until=until,
-            include_expired=include_expired,
-        )
-        with open_store(store, db, readonly=True) as opened:
+        query = filters.query()
+        with where.open(readonly=True) as opened:
             order = "oldest" if oldest else "newest"
-            artifacts = opened.query(**query_filters, limit=limit, order=order)
+            artifacts = opened.query(**query, limit=limit, order=order)
     if as_json:
         print_json([artifact.model_dump(mode="json") for artifact in artifacts])
         return
@@ -92,14 +60,14 @@ app.command("query", help="Same as ls: list the artifacts matching the filters."
 
 
 @app.command("show")
+@option_groups()
 def show(
     key: Annotated[str, typer.Argument(help="The artifact's key.")],
-    store: StoreOpt = None,
-    db: DbOpt = None,
+    where: StoreOptions,
     as_json: JsonOpt = False,
 ) -> None:
     """Show everything recorded about one artifact."""
-    with user_errors(), open_store(store, db, readonly=True) as opened:
+    with user_errors(), where.open(readonly=True) as opened:
         artifact = opened.get_artifact(key)
         location = opened.payload_url(key)
     record = {**artifact.model_dump(mode="json"), "payload": location}
@@ -118,33 +86,13 @@ def show(
 
 
 @app.command("stats")
-def stats(
-    store: StoreOpt = None,
-    db: DbOpt = None,
-    key: KeyOpt = None,
-    flow: FlowOpt = None,
-    task: TaskOpt = None,
-    serializer: SerializerOpt = None,
-    tag: TagOpt = None,
-    since: SinceOpt = None,
-    until: UntilOpt = None,
-    include_expired: ExpiredOpt = False,
-    as_json: JsonOpt = False,
-) -> None:
+@option_groups(omit=("flow_run_id", "task_run_id", "meta"))
+def stats(where: StoreOptions, filters: QueryFilters, as_json: JsonOpt = False) -> None:
     """Count the artifacts and add up their sizes per flow, task and serializer."""
     with user_errors():
-        query_filters = filters(
-            key=key,
-            flow=flow,
-            task=task,
-            serializer=serializer,
-            tag=tag,
-            since=since,
-            until=until,
-            include_expired=include_expired,
-        )
-        with open_store(store, db, readonly=True) as opened:
-            groups = {by: opened.summarize(by, **query_filters) for by in GROUPS}
+        query = filters.query()
+        with where.open(readonly=True) as opened:
+            groups = {by: opened.summarize(by, **query) for by in GROUPS}
     rows = groups["serializer"]  # every artifact has exactly one serializer
     total = {"count": sum(r.count for r in rows), "size_bytes": sum(r.size_bytes for r in rows)}
     if as_json:
@@ -156,7 +104,8 @@ def stats(
         print_json(document)
         return
     out = stdout()
-    out.print(f"{total['count']} artifacts, {size(total['size_bytes'])}")
+    noun = "artifact" if total["count"] == 1 else "artifacts"
+    out.print(f"{total['count']} {noun}, {size(total['size_bytes'])}")
     for by, summary in groups.items():
         result = Table(title=f"by {by}", title_justify="left", box=None, header_style="bold")
         result.add_column(by.upper(), overflow="fold")

@@ -11,23 +11,12 @@ from .. import CacheStore, XpersistSQLError
 from ._app import app
 from ._common import (
     EXIT_ERROR,
-    DbOpt,
-    ExpiredOpt,
-    FlowOpt,
-    FlowRunOpt,
-    KeyOpt,
-    MetaOpt,
-    SerializerOpt,
-    SinceOpt,
-    StoreOpt,
-    TagOpt,
-    TaskOpt,
-    TaskRunOpt,
-    UntilOpt,
+    QueryFilters,
+    StoreOptions,
     artifact_table,
-    filters,
-    has_filter,
-    open_store,
+    confirm,
+    option_groups,
+    print_error,
     print_json,
     size,
     stderr,
@@ -42,23 +31,14 @@ EXIT_DECLINED = 1
 
 
 @app.command("rm")
+@option_groups()
 def remove(
     keys: Annotated[
         list[str] | None, typer.Argument(help="Keys to delete.", show_default=False)
     ] = None,
-    store: StoreOpt = None,
-    db: DbOpt = None,
-    key: KeyOpt = None,
-    flow: FlowOpt = None,
-    task: TaskOpt = None,
-    flow_run_id: FlowRunOpt = None,
-    task_run_id: TaskRunOpt = None,
-    serializer: SerializerOpt = None,
-    tag: TagOpt = None,
-    meta: MetaOpt = None,
-    since: SinceOpt = None,
-    until: UntilOpt = None,
-    include_expired: ExpiredOpt = False,
+    *,
+    where: StoreOptions,
+    filters: QueryFilters,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Only list what would be deleted.")
     ] = False,
@@ -79,31 +59,19 @@ def remove(
     cannot be deleted does not stop the others; the command then exits with status 2.
     """
     with user_errors():
-        query_filters = filters(
-            key=key,
-            flow=flow,
-            task=task,
-            flow_run_id=flow_run_id,
-            task_run_id=task_run_id,
-            serializer=serializer,
-            tag=tag,
-            meta=meta,
-            since=since,
-            until=until,
-            include_expired=include_expired,
-        )
-        by_filter = has_filter(query_filters)
+        query = filters.query()
+        by_filter = filters.any()
         if keys and by_filter:
             raise ValueError("give either KEYS or filters to rm, not both")
         if not keys and not by_filter:
             raise ValueError(
                 "rm needs KEYS or at least one filter (--key '*' matches every artifact)"
             )
-        with open_store(store, db, readonly=dry_run) as opened:
+        with where.open(readonly=dry_run) as opened:
             _remove(
                 opened,
                 keys or [],
-                query_filters if by_filter else None,
+                query if by_filter else None,
                 dry_run=dry_run,
                 yes=yes,
                 as_json=as_json,
@@ -140,7 +108,7 @@ def _remove(
             out.print(artifact_table(matches))
             total = sum(artifact.size_bytes or 0 for artifact in matches)
             question = f"Delete these {len(keys)} artifacts ({size(total)})?"
-            if not yes and not typer.confirm(question, default=False, err=True):
+            if not yes and not confirm(question):
                 err.print("nothing deleted")
                 if as_json:
                     _report(dry_run=dry_run, deleted=[], freed=0, failures=[])
@@ -153,7 +121,7 @@ def _remove(
         try:
             artifact = store.delete(name, dry_run=dry_run)
         except XpersistSQLError as exc:  # one missing key does not stop the others
-            err.print(f"error: {exc}", markup=False, soft_wrap=True)
+            print_error(str(exc))
             failures.append({"key": name, "error": str(exc)})
             continue
         deleted.append(name)

@@ -42,7 +42,9 @@ __all__ = [
     "migrations_dir",
     "run_alembic",
     "schema_lock",
+    "schema_state",
     "upgrade",
+    "upgrade_command",
 ]
 
 VERSION_TABLE = "xpersist_sql_alembic_version"
@@ -140,8 +142,22 @@ def _describe(url: str, store: str | None) -> str:
 
 
 def _upgrade_hint(url: str, store: str | None) -> str:
-    target = f"--store {store}" if store else f"--db '{url}'"
-    return f"xpersist-sql db upgrade {target}"
+    return upgrade_command(url, store)
+
+
+def upgrade_command(url: str, store: str | None) -> str:
+    """Return the ``xpersist-sql db upgrade`` command line for an index (password hidden)."""
+    shown = redact_url(url)
+    if not store:
+        return f"xpersist-sql db upgrade --db '{shown}'"
+    if embedded_root(url) is not None:
+        return f"xpersist-sql db upgrade --store {store}"
+    return f"xpersist-sql db upgrade --store {store} --db '{shown}'"
+
+
+def schema_state(engine: Engine) -> str | None:
+    """Return None at head, ``""`` for a database without any schema, else the revision."""
+    return _check(engine)
 
 
 @contextlib.contextmanager
@@ -200,13 +216,15 @@ def ensure_schema(engine: Engine, *, store: str | None = None, readonly: bool = 
             "readonly; open it once without readonly=True (or run "
             f"`{_upgrade_hint(url, store)}`) to create it"
         )
-    # Whatever we saw may be another process creating the schema right now: decide under the
-    # creation lock, which that process holds until its migration transaction has committed.
-    with schema_lock(engine):
-        current = _check(engine)
-        if current == "" and not readonly:
-            run_alembic(engine, "upgrade", "head")
-            current = None
+    if not readonly:
+        # Whatever we saw may be another process creating the schema right now: decide under
+        # the creation lock, which that process holds until its migration transaction has
+        # committed. (A reader takes no lock: it writes nothing, not even a lock file.)
+        with schema_lock(engine):
+            current = _check(engine)
+            if current == "":
+                run_alembic(engine, "upgrade", "head")
+                current = None
     if current is None:
         return
     if current == _FOREIGN:

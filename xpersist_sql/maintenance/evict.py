@@ -94,18 +94,9 @@ def evict(
     ----------
     backend : StoreBackend
         The store.
-    max_size : int or str
-        Evict only when the store is larger than this (bytes or ``"50GB"``).
-    target : int or str, optional
-        Evict down to this size (default: ``max_size``).
-    dry_run : bool
-        Only list what would be evicted.
-    keep : collection of str
-        Keys never evicted.
-    progress : callable, optional
-        ``progress("evicting", freed bytes, bytes to free)``.
-    now : datetime, optional
-        The clock: only rows created before it are candidates (default: now).
+    max_size, target, dry_run, keep, progress, now
+        As in :meth:`CacheStore.evict <xpersist_sql.CacheStore.evict>`; ``max_size`` is
+        required here.
 
     Returns
     -------

@@ -17,8 +17,8 @@ from typing import Any
 
 from prefect.locking.protocol import LockManager
 
+from ..db.locks import KeyLock, wait_until_free
 from ..errors import LockTimeoutError
-from ..locks import KeyLock, wait_until_free
 from ..store import CacheStore
 
 __all__ = ["StoreLockManager"]

@@ -27,8 +27,8 @@ from prefect.results import ResultRecord  # type: ignore[attr-defined]
 from prefect.states import Completed
 from typing_extensions import ParamSpec
 
+from ..db.locks import KeyLock
 from ..errors import ArtifactNotFoundError, PayloadLoadError, PayloadMissingError
-from ..locks import KeyLock
 from ..storage import validate_key
 from ..store import CacheStore
 from ._context import RunContext, Target, render_target

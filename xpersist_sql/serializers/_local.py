@@ -24,7 +24,7 @@ def local_target(fs: AbstractFileSystem, path: str, suffix: str = "") -> Iterato
     when the block exits without error.
     """
     if is_local(fs):
-        fs.makedirs(fs._parent(path), exist_ok=True)
+        fs.makedirs(os.path.dirname(path), exist_ok=True)
         yield path
         return
     fd, tmp = tempfile.mkstemp(suffix=suffix)

@@ -21,8 +21,8 @@ from typing import Protocol
 import filelock
 from sqlalchemy import Connection, Engine, exc, text
 
-from .db.engine import redact_url, sqlite_path
-from .errors import LockTimeoutError
+from ..errors import LockTimeoutError
+from .engine import redact_url, sqlite_path
 
 __all__ = [
     "LOCKS_DIR",
@@ -168,10 +168,8 @@ class FileKeyLock:
     ----------
     directory : Path
         The ``locks/`` directory (created if needed).
-    key : str
-        The key to lock.
-    store : str
-        The store's path, for error messages.
+    key, store : str
+        The key to lock, and the store's path for error messages (as :class:`AdvisoryLock`).
     """
 
     def __init__(self, directory: Path, key: str, *, store: str = "") -> None:
