@@ -26,6 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import fsspec
 from sqlalchemy import Connection, Engine
 
 from .db.access import AccessLog
@@ -67,10 +68,20 @@ class StoreBackend:
         SQLAlchemy URL of the index.
     readonly : bool
         Open the index read-only and never write anything.
+    storage_options : dict, optional
+        The fsspec options of ``storage`` (to look at where a store was recorded before).
     """
 
-    def __init__(self, storage: PayloadStorage, database_url: str, *, readonly: bool) -> None:
+    def __init__(
+        self,
+        storage: PayloadStorage,
+        database_url: str,
+        *,
+        readonly: bool,
+        storage_options: dict[str, Any] | None = None,
+    ) -> None:
         self.storage = storage
+        self.storage_options = dict(storage_options or {})
         self.database_url = database_url
         self.readonly = readonly
         self.root_url = store_root_url(storage.fs, storage.root)
@@ -199,11 +210,34 @@ class StoreBackend:
                 with contextlib.closing(engine.connect()) as conn, conn.begin():
                     known = register_store(conn, marker.store_id, self.root_url)
             elif known.root != self.root_url and not self.readonly:
+                self._check_not_a_copy(marker, known.root)
                 with contextlib.closing(engine.connect()) as conn, conn.begin():
-                    set_store_root(conn, known.id, self.root_url)  # moved or copied whole
+                    set_store_root(conn, known.id, self.root_url)  # moved (or copied with it)
             self._index = ArtifactIndex(engine, known.id)
             self._access = AccessLog(known.id)
             return self._index
+
+    def _check_not_a_copy(self, marker: StoreMarker, recorded_root: str) -> None:
+        """Refuse a copy of a store whose index is shared: two folders, one set of rows.
+
+        A store folder copied with its embedded index is a new, independent store (its own
+        index); with an index outside the folder the copy would share the original's rows.
+        """
+        if self._embedded_index():
+            return
+        try:
+            fs, root = fsspec.core.url_to_fs(recorded_root, **self.storage_options)
+            still_there = read_marker(fs, root)
+        except (OSError, ValueError):
+            return  # the old root is gone or unreachable: the store was moved
+        if still_there is not None and still_there.store_id == marker.store_id:
+            raise StoreMismatchError(
+                f"the store at {self.storage.url()!r} has id {marker.store_id}, which "
+                f"{redact_url(self.database_url)} records at {recorded_root!r}, where that "
+                "store still is: this folder is a copy, and both would share one set of rows. "
+                f"Remove {HIDDEN_DIR}/store.json from the copy to make it a new store (its "
+                "payloads are then not indexed), or open the original"
+            )
 
     def _check_unknown(self, marker: StoreMarker, fresh: bool, others: list[str]) -> None:
         where = f"the index {redact_url(self.database_url)}"

@@ -150,7 +150,12 @@ class CacheStore:
         self._size_guard = None if self.max_size is None else _evict.SizeGuard(self.max_size)
         self._explicit_database_url = database_url
         self.database_url: str = self._resolve_database_url(database_url)
-        self._backend = StoreBackend(self._storage, self.database_url, readonly=self.readonly)
+        self._backend = StoreBackend(
+            self._storage,
+            self.database_url,
+            readonly=self.readonly,
+            storage_options=self.storage_options,
+        )
         if not self.create:
             self._backend.require_store()
 

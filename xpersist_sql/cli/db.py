@@ -99,12 +99,7 @@ def db_downgrade(
         before = _revision(url)
         if before is None:
             raise ValueError(f"{redact_url(url)} has no xpersist_sql schema to downgrade")
-        engine = create_index_engine(url)
-        try:
-            schema.run_alembic(engine, "downgrade", revision)
-        finally:
-            engine.dispose()
-        after = _revision(url)
+        before, after = schema.downgrade(url, revision)
     if as_json:
         print_json({"url": redact_url(url), "before": before, "after": after})
         return

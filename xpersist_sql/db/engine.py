@@ -112,9 +112,11 @@ def _enable_wal(cursor: Any) -> None:
 def _readonly_creator(db_file: Path) -> Any:
     """Return a connection factory opening ``db_file`` read-only, never writing anything.
 
-    ``mode=ro`` first; a WAL database in a directory this process cannot write (a cache shared
-    by another user) cannot be opened that way when its ``-shm`` file is absent, and is then
-    read as an immutable snapshot.
+    Every connection has ``PRAGMA query_only``. Where this process may write the files, the
+    connection is opened read-write (so that, as any last connection, it removes the ``-wal``
+    and ``-shm`` files on close); elsewhere ``mode=ro``. A WAL database in a directory this
+    process cannot write (a cache shared by another user) cannot be opened ``mode=ro`` when its
+    ``-shm`` file is absent, and is then read as an immutable snapshot.
     """
     target = db_file.resolve().as_posix()
 
@@ -122,8 +124,12 @@ def _readonly_creator(db_file: Path) -> Any:
         if not db_file.exists():
             raise sqlite3.OperationalError(f"unable to open database file {db_file}")
         timeout = SQLITE_BUSY_TIMEOUT_MS / 1000
+        # Where the files are writable, a read-write connection with query_only leaves nothing
+        # behind: the last connection to close removes the -wal and -shm files it needed,
+        # which a mode=ro connection cannot do.
+        mode = "rw" if os.access(db_file, os.W_OK) and os.access(db_file.parent, os.W_OK) else "ro"
         conn = sqlite3.connect(
-            f"file:{target}?mode=ro", uri=True, timeout=timeout, check_same_thread=False
+            f"file:{target}?mode={mode}", uri=True, timeout=timeout, check_same_thread=False
         )
         try:
             conn.execute("PRAGMA schema_version").fetchone()

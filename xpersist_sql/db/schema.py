@@ -37,6 +37,7 @@ __all__ = [
     "VERSION_TABLE",
     "alembic_config",
     "current_revision",
+    "downgrade",
     "ensure_schema",
     "head_revision",
     "migrations_dir",
@@ -121,6 +122,13 @@ def run_alembic(
             config = alembic_config(connection=connection)
             config.attributes.update(attributes or {})
             getattr(command, action)(config, *args, **kwargs)
+            if sqlite:
+                dangling = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
+                if dangling:
+                    raise RuntimeError(
+                        f"the migration would leave {len(dangling)} rows pointing at rows that "
+                        f"do not exist (first: {tuple(dangling[0])}); it was rolled back"
+                    )
             if connection.in_transaction():
                 connection.commit()
         finally:
@@ -314,20 +322,44 @@ def upgrade(
         marker = create_marker(fs, path)
         return {"uid": marker.store_id, "root": store_root_url(fs, path)}
 
+    return _migrate(url, "upgrade", revision, {STORE_ATTRIBUTE: store_of_existing_rows})
+
+
+def downgrade(url: str, revision: str) -> tuple[str | None, str | None]:
+    """Migrate the index at ``url`` down to ``revision`` under the schema lock.
+
+    Parameters
+    ----------
+    url : str
+        SQLAlchemy URL of the index.
+    revision : str
+        Target revision: ``-1``, an id, ``base``.
+
+    Returns
+    -------
+    tuple
+        The revision before and after (None: no schema).
+
+    Raises
+    ------
+    SchemaVersionError
+        If the migration refuses (e.g. revision 0004 with several stores' rows).
+    """
+    return _migrate(url, "downgrade", revision, {})
+
+
+def _migrate(
+    url: str, action: str, revision: str, attributes: dict[str, Any]
+) -> tuple[str | None, str | None]:
     engine = create_index_engine(url)
     try:
         with schema_lock(engine):
             with engine.connect() as conn:
                 before = current_revision(conn)
             try:
-                run_alembic(
-                    engine,
-                    "upgrade",
-                    revision,
-                    attributes={STORE_ATTRIBUTE: store_of_existing_rows},
-                )
+                run_alembic(engine, action, revision, attributes=attributes)
             except RuntimeError as exc:
-                raise SchemaVersionError(f"cannot upgrade {redact_url(url)}: {exc}") from exc
+                raise SchemaVersionError(f"cannot {action} {redact_url(url)}: {exc}") from exc
             with engine.connect() as conn:
                 after = current_revision(conn)
     finally:
