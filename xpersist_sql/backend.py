@@ -204,9 +204,20 @@ class StoreBackend:
             engine = self._engine_locked()
             with engine.connect() as conn:
                 known = find_store(conn, marker.store_id)
-                others = [row for row in stores_at_root(conn, self.root_url) if known != row]
+                others = [
+                    row
+                    for row in stores_at_root(conn, self.root_url)
+                    if row.uid != marker.store_id  # (a concurrent first put may add ours)
+                ]
             if known is None:
-                self._check_unknown(marker, fresh, [row.uid for row in others])
+                try:
+                    self._check_unknown(marker, fresh, [row.uid for row in others])
+                except StoreMismatchError:
+                    with engine.connect() as conn:  # a concurrent first put recorded it since?
+                        known = find_store(conn, marker.store_id)
+                    if known is None:
+                        raise
+            if known is None:
                 with contextlib.closing(engine.connect()) as conn, conn.begin():
                     known = register_store(conn, marker.store_id, self.root_url)
             elif known.root != self.root_url and not self.readonly:
