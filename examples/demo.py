@@ -34,6 +34,9 @@ os.environ.pop("PREFECT_API_KEY", None)
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ["PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW"] = "ignore"
+# Prefect's temporary server can take over 30 s to start on a loaded machine (its default limit
+# is 20 s): give it a generous limit unless the user set one.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 import xarray as xr  # noqa: E402
 from prefect import flow, task  # noqa: E402

@@ -27,8 +27,9 @@ POSTGRES_HINT = (
     "(any database the user may CREATE DATABASE from) to run them"
 )
 
-# Tests never read a developer's own index location.
+# Tests never read a developer's own store or index location.
 os.environ.pop("XPERSIST_SQL_DATABASE_URL", None)
+os.environ.pop("XPERSIST_SQL_STORE", None)
 
 
 @pytest.fixture(scope="session")

@@ -867,9 +867,9 @@ def test_a_key_of_the_outer_store_inside_a_nested_store_is_refused(
 def test_a_symlinked_directory_is_never_written_through(
     tmp_path: Path, make_store: MakeStore
 ) -> None:
-    root = tmp_path / "store"
-    store = make_store(root)
-    store.put("a.json", 1, serializer="json")
+    store = make_store(tmp_path / "store")
+    store["a.json"] = 1
+    root = Path(store.path)
     outside_dir = tmp_path / "outside"
     _victim(outside_dir)
     os.symlink(outside_dir, root / "link")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -157,23 +158,43 @@ def test_store_from_the_environment(runner: CliRunner, store: CacheStore) -> Non
 @pytest.mark.parametrize(
     ("args", "fragments"),
     [
-        (["ls", "--since", "last tuesday"], ["since='last tuesday' is not a date or time"]),
-        (["ls", "--until", "2021-02-30"], ["until='2021-02-30'"]),
-        (["ls", "--limit", "-1"], ["limit must be >= 0"]),
+        # --since / --until: the option's name and the accepted forms, never Python's words
+        (["ls", "--since", "last tuesday"], ["--since 'last tuesday' is not a date", "7d"]),
+        (["ls", "--until", "2021-02-30"], ["--until '2021-02-30' is not a valid date", "day"]),
+        (["ls", "--since", "2021-12-17T25:00"], ["--since '2021-12-17T25:00'", "hour"]),
+        (["ls", "--since", "99999999d"], ["--since '99999999d' reaches back before the year 1"]),
+        (["ls", "--since", "1e400d"], ["--since '1e400d' is not a date, a time or a duration"]),
+        (["ls", "--since", "99999999999999d"], ["--since '99999999999999d'", "too large"]),
+        (["ls", "--until", "-5d"], ["--until '-5d' is a negative duration"]),
+        (["ls", "--since", "2021-12-17", "--until", "2021-12-16"], ["is after --until"]),
+        (["stats", "--since", "someday"], ["--since 'someday' is not a date"]),
+        (["rm", "--until", "2021-13-01"], ["--until '2021-13-01' is not a valid date"]),
+        # --limit: a whole number from 0 to 2**63 - 1
+        (["ls", "--limit", "-1"], ["--limit -1 is out of range", "from 0 to"]),
+        (["ls", "-n", "9223372036854775808"], ["--limit 9223372036854775808 is out of range"]),
+        (["ls", "-n", "abc"], ["--limit 'abc' is not a whole number"]),
+        (["ls", "-n", "1.5"], ["--limit '1.5' is not a whole number"]),
         (["ls", "--meta", "novalue"], ["--meta 'novalue' is not NAME=VALUE"]),
-        (["ls", "--since", "2021-12-17", "--until", "2021-12-16"], ["is after until"]),
+        (["ls", "--meta", "x=1e400"], ["--meta 'x=1e400'", "beyond the range of a number"]),
+        (["ls", "--meta", f"x={2**64}"], ["--meta 'x=18446744073709551616'", "64-bit"]),
         (["show", "missing.json"], ["key 'missing.json' not found"]),
         (["rm"], ["rm needs KEYS or at least one filter"]),
         (["rm", "a.json", "--flow", "f"], ["either KEYS or filters"]),
         (["rm", "../escape"], ["invalid key '../escape'"]),
-        (["ls", "--db", "not a url"], ["database:", "URL"]),
-        (["db", "downgrade", "zzz"], ["Can't locate revision identified by 'zzz'"]),
-        (["db", "upgrade", "nope"], ["Can't locate revision identified by 'nope'"]),
-        (["gc", "--older-than", "soon"], ["cannot read 'soon' as a duration", "'PT12H'"]),
-        (["gc", "--older-than", "-5m"], ["a duration must not be negative, got '-5m'"]),
-        (["gc", "--older-than", "1000000000d"], ["'1000000000d' is too large"]),
-        (["evict", "--max-size", "lots"], ["cannot read 'lots' as a size"]),
-        (["evict", "--max-size", "0"], ["a size must be positive"]),
+        (["ls", "--db", "not a url"], ["not a url"]),
+        (["db", "downgrade", "zzz"], ["unknown revision 'zzz'", "0001", "head"]),
+        (["db", "upgrade", "nope"], ["unknown revision 'nope'", "0001", "head"]),
+        (["db", "upgrade", "0001:0003"], ["'0001:0003' is a range of revisions"]),
+        (["db", "upgrade", "+9"], ["cannot upgrade", "'+9'"]),
+        (["db", "downgrade", "-9"], ["cannot downgrade", "'-9'"]),
+        (["gc", "--older-than", "soon"], ["--older-than 'soon'", "as a duration", "'PT12H'"]),
+        (["gc", "--older-than", "-5m"], ["--older-than '-5m'", "must not be negative"]),
+        (["gc", "--older-than", "1000000000d"], ["--older-than '1000000000d'", "too large"]),
+        (["gc", "--older-than", "1e400"], ["--older-than '1e400'"]),
+        (["gc", "--older-than", "nan"], ["--older-than 'nan'"]),
+        (["evict", "--max-size", "lots"], ["--max-size 'lots'", "as a size"]),
+        (["evict", "--max-size", "0"], ["--max-size '0'", "a size must be positive"]),
+        (["evict", "--max-size", "1e400"], ["--max-size '1e400'"]),
     ],
 )
 def test_user_errors_are_one_line(
@@ -365,7 +386,12 @@ def test_db_commands_json(runner: CliRunner, store: CacheStore) -> None:
     current = invoke(runner, "db", "current", "--json", *opts)
     assert current.exit_code == 0, current.stderr
     url = json.loads(current.stdout)["url"]
-    assert json.loads(current.stdout) == {"url": url, "current": head, "head": head}
+    assert json.loads(current.stdout) == {
+        "url": url,
+        "current": head,
+        "head": head,
+        "state": "head",
+    }
     assert url == redact_url(store.database_url)
 
     down = invoke(runner, "db", "downgrade", "0001", "--json", *opts)
@@ -390,7 +416,7 @@ def test_db_commands_json(runner: CliRunner, store: CacheStore) -> None:
 
 def test_db_errors_never_show_the_password(runner: CliRunner) -> None:
     result = invoke(runner, "db", "current", "--db", "postgresql+psycopg://u:s3cret@127.0.0.1:1/x")
-    assert_user_error(result, "database:")
+    assert_user_error(result, "cannot connect", "127.0.0.1:1")
     assert "s3cret" not in result.stdout + result.stderr
 
 
@@ -421,34 +447,71 @@ def test_db_upgrade_keeps_rows(runner: CliRunner, store: CacheStore) -> None:
 
 
 # -- help ------------------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    "command",
-    [
-        [],
-        ["ls"],
-        ["query"],
-        ["show"],
-        ["rm"],
-        ["stats"],
-        ["db"],
-        ["db", "upgrade"],
-        ["db", "downgrade"],
-        ["db", "current"],
-        ["db", "history"],
-        ["gc"],
-        ["verify"],
-        ["evict"],
-        ["import-legacy"],
-    ],
-)
+EVERY_COMMAND = [
+    [],
+    ["ls"],
+    ["query"],
+    ["show"],
+    ["rm"],
+    ["stats"],
+    ["db"],
+    ["db", "upgrade"],
+    ["db", "downgrade"],
+    ["db", "current"],
+    ["db", "history"],
+    ["gc"],
+    ["verify"],
+    ["evict"],
+    ["import-legacy"],
+]
+#: A Python type where a help text should name the value (typer's ``<str>``, ``<list[str]>``).
+TYPE_PLACEHOLDER = re.compile(r"<(str|int|float|bool|list\[[^>]*\]|[a-z]+\|[a-z|]+)>|\{[a-z_]+\}")
+
+
+@pytest.mark.parametrize("command", EVERY_COMMAND, ids=lambda c: " ".join(c) or "xpersist-sql")
 def test_help_everywhere(runner: CliRunner, command: list[str]) -> None:
     result = invoke(runner, *command, "--help")
     assert result.exit_code == 0
     assert result.stdout.startswith("Usage: ")
     if command and command not in (["db"], ["import-legacy"]):
-        assert "--store" in result.stdout and "--db" in result.stdout
+        assert "--store ROOT" in result.stdout and "--db URL" in result.stdout
     if command not in ([], ["db"]):
         assert "--json" in result.stdout
+
+
+@pytest.mark.parametrize("command", EVERY_COMMAND, ids=lambda c: " ".join(c) or "xpersist-sql")
+def test_help_names_values_not_python_types(runner: CliRunner, command: list[str]) -> None:
+    text = invoke(runner, *command, "--help").stdout
+    assert not TYPE_PLACEHOLDER.search(text), TYPE_PLACEHOLDER.search(text)
+    arguments = text.splitlines()[0].split("[OPTIONS]", 1)[1]
+    assert arguments == arguments.upper(), arguments  # KEY, [REVISION], [KEY]...
+
+
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        (["show"], ["KEY "]),
+        (["rm"], ["KEY... ", "--tag TAG", "--meta NAME=VALUE", "--since WHEN", "--key GLOB"]),
+        (["ls"], ["-n, --limit N", "--flow, --flow-name NAME", "--until WHEN"]),
+        (["gc"], ["--older-than DURATION"]),
+        (["evict"], ["--max-size SIZE"]),
+        (["import-legacy"], ["PATH "]),
+        (["db", "upgrade"], ["REVISION ", "--sql", "--from REVISION"]),
+        (["db", "downgrade"], ["REVISION ", "--sql", "--from REVISION"]),
+        (["verify"], ["--refingerprint"]),
+    ],
+)
+def test_help_names_each_value(runner: CliRunner, command: list[str], expected: list[str]) -> None:
+    text = invoke(runner, *command, "--help").stdout
+    for fragment in expected:
+        assert fragment in text, (fragment, text)
+
+
+@pytest.mark.parametrize("command", [[], ["db"]], ids=["xpersist-sql", "db"])
+def test_help_documents_the_exit_statuses(runner: CliRunner, command: list[str]) -> None:
+    text = " ".join(invoke(runner, *command, "--help").stdout.split())
+    assert "Exit status: 0 clean; 1 problems found" in text
+    assert "2 usage or runtime error" in text
 
 
 def test_no_command_shows_help(runner: CliRunner) -> None:
@@ -465,7 +528,7 @@ def test_python_m_xpersist_sql(store: CacheStore, tmp_path: Path) -> None:
 
     result = run_cli("ls", "--since", "yesterday-ish", *where(store), cwd=tmp_path)
     assert result.returncode == 2
-    assert result.stderr.startswith("error: since='yesterday-ish'")
+    assert result.stderr.startswith("error: --since 'yesterday-ish' is not a date")
     assert len(result.stderr.strip().splitlines()) == 1
 
 
@@ -614,3 +677,200 @@ def test_command_modules_do_not_import_each_other() -> None:
             if isinstance(node, ast.ImportFrom) and node.level == 1:
                 imported = {node.module} if node.module else {a.name for a in node.names}
                 assert imported <= {"_app", "_common"}, (module, imported)
+
+
+# -- output that pipes cleanly ---------------------------------------------------------------
+def _assert_no_padding(text: str) -> None:
+    lines = text.splitlines()
+    assert lines, text
+    padded = [line for line in lines if line != line.rstrip()]
+    assert not padded, padded[:3]
+
+
+def test_show_and_ls_pipe_without_padding(store: CacheStore, tmp_path: Path) -> None:
+    """Piped, a table has the width of its content: no line padded to the widest one."""
+    long_note = "a long note " * 30  # ~360 characters: one wide row
+    store.put("wide.json", 1, serializer="json", additional_metadata={"note": long_note})
+    opts = where(store)
+    show = run_cli("show", "wide.json", *opts, cwd=tmp_path)  # stdout is a pipe
+    assert show.returncode == 0, show.stderr
+    _assert_no_padding(show.stdout)
+    lines = show.stdout.splitlines()
+    assert next(line for line in lines if line.startswith("key")).endswith("wide.json")
+    assert max(len(line) for line in lines) > 300  # piped, long values are not folded
+    assert sum(len(line) > 100 for line in lines) == 1  # ...and only that row is long
+
+    listing = run_cli("ls", *opts, cwd=tmp_path)
+    assert listing.returncode == 0, listing.stderr
+    _assert_no_padding(listing.stdout)
+    assert [line.split()[0] for line in listing.stdout.splitlines()[1:]] == [
+        "wide.json",
+        "other.pkl",
+        "runs/b1.json",
+        "runs/a2.json",
+        "runs/a1.json",
+    ]
+    stats = run_cli("stats", *opts, cwd=tmp_path)
+    assert stats.returncode == 0, stats.stderr
+    _assert_no_padding(stats.stdout)
+
+
+# -- verify ----------------------------------------------------------------------------------
+def test_verify_exit_statuses(runner: CliRunner, store: CacheStore, tmp_path: Path) -> None:
+    """0 clean, 1 problems found, 2 could not run (not a store, an unreachable database)."""
+    opts = where(store)
+    clean = invoke(runner, "verify", *opts)
+    assert clean.exit_code == 0, clean.stderr
+    assert "checked 4 artifacts: 0 missing" in clean.stderr
+
+    os.remove(store.payload_url("runs/a1.json"))
+    found = invoke(runner, "verify", "--json", *opts)
+    assert found.exit_code == 1, found.stderr
+    report = json.loads(found.stdout)
+    assert report == {
+        "checked": 4,
+        "ok": False,
+        "problems": [
+            {"key": "runs/a1.json", "problem": "missing", "detail": report["problems"][0]["detail"]}
+        ],
+        "repaired": [],
+        "refingerprinted": [],
+    }
+    assert "verify --repair" in found.stderr
+
+    assert_user_error(invoke(runner, "verify", "--store", str(tmp_path / "nope")), "no xpersist")
+    unreachable = ["--db", "postgresql+psycopg://u:pw@127.0.0.1:1/x", "--store", store.path]
+    assert_user_error(invoke(runner, "verify", *unreachable), "cannot connect")
+    assert_user_error(invoke(runner, "verify", "--json", *unreachable), "cannot connect")
+
+
+def test_verify_refingerprint_after_a_copy(
+    runner: CliRunner, make_store: Any, tmp_path: Path
+) -> None:
+    """Touched payloads (what cp -r does) are re-recorded; a corrupt one never is."""
+    store: CacheStore = make_store(checksum=True)
+    store.put("sum/a.json", [1, 2, 3], serializer="json")
+    store.put("sum/b.json", [4, 5, 6], serializer="json")
+    plain: CacheStore = make_store(checksum=False)  # (same store, no checksums recorded)
+    plain.put("plain.json", {"x": 1}, serializer="json")
+    opts = where(store)
+    later = datetime.now().timestamp() + 3600
+    for key in ("sum/a.json", "sum/b.json", "plain.json"):
+        for root, _dirs, files in os.walk(store.payload_url(key)):
+            for name in files:
+                os.utime(os.path.join(root, name), (later, later))
+        if os.path.isfile(store.payload_url(key)):
+            os.utime(store.payload_url(key), (later, later))
+    with open(store.payload_url("sum/b.json"), "w") as f:  # same size, other content
+        f.write("[4, 5, 7]")
+    os.utime(store.payload_url("sum/b.json"), (later, later))
+
+    before = invoke(runner, "verify", "--json", *opts)
+    assert before.exit_code == 1
+    problems = {p["key"]: p["problem"] for p in json.loads(before.stdout)["problems"]}
+    assert problems == {"plain.json": "modified", "sum/b.json": "corrupt"}
+    assert "verify --refingerprint" in before.stderr
+
+    fixed = invoke(runner, "verify", "--refingerprint", "--json", *opts)
+    assert fixed.exit_code == 1, fixed.stderr  # the corrupt payload remains a problem
+    report = json.loads(fixed.stdout)
+    assert report["refingerprinted"] == ["plain.json", "sum/a.json"]
+    assert [(p["key"], p["problem"]) for p in report["problems"]] == [("sum/b.json", "corrupt")]
+    assert report["ok"] is False
+
+    after = invoke(runner, "verify", "--json", *opts)
+    assert [p["key"] for p in json.loads(after.stdout)["problems"]] == ["sum/b.json"]
+    store.delete("sum/b.json")
+    table = invoke(runner, "verify", "--refingerprint", *opts)
+    assert table.exit_code == 0, table.stderr
+    assert "checked 2 artifacts: 0 missing, 0 modified or corrupt" in table.stderr
+
+
+def test_verify_refingerprint_after_cp_r(runner: CliRunner, tmp_path: Path) -> None:
+    """``cp -r`` of a store with its embedded index: verify fails, --refingerprint fixes it."""
+    original = CacheStore(tmp_path / "original")
+    original.put("a.json", {"a": 1}, serializer="json")
+    original.put("b.json", {"b": 2}, serializer="json")
+    original.close()
+    os.utime(tmp_path / "original" / "a.json", (1_000_000_000, 1_000_000_000))
+    os.utime(tmp_path / "original" / "b.json", (1_000_000_000, 1_000_000_000))
+    original = CacheStore(tmp_path / "original")
+    assert invoke(runner, "verify", "--store", original.path).exit_code == 1  # (touched)
+    assert invoke(runner, "verify", "--refingerprint", "--store", original.path).exit_code == 0
+    original.close()
+
+    import subprocess
+
+    subprocess.run(["cp", "-r", str(tmp_path / "original"), str(tmp_path / "copy")], check=True)
+    copy = ["--store", str(tmp_path / "copy")]
+    assert invoke(runner, "verify", *copy).exit_code == 1
+    result = invoke(runner, "verify", "--refingerprint", "--json", *copy)
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["refingerprinted"] == ["a.json", "b.json"]
+    assert invoke(runner, "verify", *copy).exit_code == 0
+
+
+# -- --json everywhere -----------------------------------------------------------------------
+JSON_KEYS: list[tuple[list[str], type, set[str]]] = [
+    (["ls"], list, set()),
+    (["query"], list, set()),
+    (["show", "runs/a1.json"], dict, {"key", "serializer", "payload", "size_bytes"}),
+    (["stats"], dict, {"total", "flow_name", "task_name", "serializer"}),
+    (["rm", "runs/a1.json", "--dry-run"], dict, {"dry_run", "deleted", "freed_bytes", "failures"}),
+    (["gc", "--dry-run"], dict, {"dry_run", "total_bytes", "items", "skipped"}),
+    (
+        ["verify"],
+        dict,
+        {"checked", "ok", "problems", "repaired", "refingerprinted"},
+    ),
+    (
+        ["evict", "--max-size", "1GB", "--dry-run"],
+        dict,
+        {
+            "dry_run",
+            "max_size",
+            "size_before",
+            "size_after",
+            "freed_bytes",
+            "evicted",
+            "skipped",
+        },
+    ),
+    (["db", "current"], dict, {"url", "current", "head", "state"}),
+    (["db", "history"], list, set()),
+    (["db", "upgrade"], dict, {"url", "before", "after"}),
+    (["db", "upgrade", "--sql"], dict, {"url", "before", "target", "sql"}),
+]
+
+
+@pytest.mark.parametrize(("command", "kind", "keys"), JSON_KEYS, ids=lambda v: str(v))
+def test_every_command_prints_json_with_stable_keys(
+    runner: CliRunner, store: CacheStore, command: list[str], kind: type, keys: set[str]
+) -> None:
+    result = invoke(runner, *command, "--json", *where(store))
+    assert result.exit_code == 0, result.stderr
+    document = json.loads(result.stdout)  # stdout is the JSON document alone
+    assert isinstance(document, kind)
+    if kind is dict:
+        assert keys <= set(document), set(document)
+        exact = {"stats", "rm", "gc", "verify", "evict", "current", "upgrade"}
+        if exact & set(command) and "show" not in command:
+            assert set(document) == keys
+
+
+def test_import_legacy_json(runner: CliRunner, tmp_path: Path) -> None:
+    root = tmp_path / "legacy"
+    (root / "xpersist_metadata_store").mkdir(parents=True)
+    (root / "a.json").write_text("1")
+    sidecar = {"key": "a.json", "serializer": "json", "created_at": "2021-12-14T08:00:00"}
+    (root / "xpersist_metadata_store" / "a.json.artifact.json").write_text(json.dumps(sidecar))
+    result = invoke(runner, "import-legacy", str(root), "--json")
+    assert result.exit_code == 0, result.stderr
+    assert set(json.loads(result.stdout)) == {
+        "path",
+        "sidecars",
+        "imported",
+        "already_indexed",
+        "unsupported",
+        "skipped",
+    }

@@ -482,9 +482,9 @@ def test_cli_gc(store: CacheStore, database_url: str | None) -> None:
     bad = _cli("gc", "--store", store.path, "--older-than", "soon", database_url=database_url)
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == [
-        "error: cannot read 'soon' as a duration; write seconds ('30'), a number with a unit s, "
-        "m, h, d or w ('30s', '30m', '12h', '7d', '2w') or an ISO-8601 duration ('P7D', "
-        "'PT12H', 'P1W')"
+        "error: --older-than 'soon': cannot read 'soon' as a duration; write seconds ('30'), "
+        "a number with a unit s, m, h, d or w ('30s', '30m', '12h', '7d', '2w') or an ISO-8601 "
+        "duration ('P7D', 'PT12H', 'P1W')"
     ]
 
 
@@ -542,7 +542,7 @@ def test_cli_evict(store: CacheStore, database_url: str | None) -> None:
 
     bad = _cli("evict", "--store", store.path, "--max-size", "lots", database_url=database_url)
     assert bad.returncode == 2
-    assert bad.stderr.startswith("error: cannot read 'lots' as a size")
+    assert bad.stderr.startswith("error: --max-size 'lots': cannot read 'lots' as a size")
     missing = _cli("evict", "--store", store.path, database_url=database_url)
     assert missing.returncode != 0 and "--max-size" in missing.stderr
 

@@ -92,6 +92,16 @@ def test_default_path_is_in_the_user_cache_dir(
     assert (tmp_path / "xpersist_sql" / "x.json").is_file()
 
 
+def test_default_path_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("XPERSIST_SQL_STORE", str(tmp_path / "team-cache"))
+    store = CacheStore()
+    assert store.path == str(tmp_path / "team-cache")
+    store.put("x.json", [1], serializer="json")
+    assert (tmp_path / "team-cache" / "x.json").is_file()
+    assert not (tmp_path / "cache").exists()
+
+
 def test_embedded_index_lives_in_the_hidden_directory(tmp_path: Path) -> None:
     store = CacheStore(tmp_path / "s")
     store.put("a.json", {"a": 1})

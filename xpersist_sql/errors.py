@@ -4,21 +4,27 @@ Every error derives from :class:`XpersistSQLError` and carries a message that na
 store and what to do about it::
 
     XpersistSQLError
-    ├── ArtifactNotFoundError (KeyError)       no artifact under that key
-    ├── DuplicateKeyError                      on_duplicate_key="raise_error" and the key exists
-    │   └── CollisionError                     on_duplicate_key="check_collision", other content
-    ├── ReadonlyStoreError (PermissionError)   a write on a store opened with readonly=True
-    ├── SerializerNotFoundError (ValueError)   an unknown serializer name
-    ├── InvalidKeyError (ValueError)           a key that would escape the store root
-    │   ├── OverlappingKeyError                a key inside, or containing, a stored key
-    │   └── UnsafePathError                    a path through a symlink or into another store
-    ├── StoreNotFoundError (FileNotFoundError) no store at that path (reading creates none)
-    ├── StoreMismatchError                     the store's marker and its index disagree
-    ├── PayloadMissingError (FileNotFoundError) the row exists, its payload is gone
-    ├── PayloadLoadError                       the payload exists but cannot be read
-    ├── SchemaVersionError (RuntimeError)      the index is older or newer than this package
-    ├── LockTimeoutError (TimeoutError)        store.lock(key, timeout=...) waited in vain
-    └── MissingDependencyError (ImportError)   an optional dependency is not installed
+    ├── ArtifactNotFoundError (KeyError)                     no artifact under that key
+    ├── DuplicateKeyError (ValueError)                       raise_error policy and the key exists
+    │   └── CollisionError                                   check_collision policy, other content
+    ├── ReadonlyStoreError (PermissionError)                 a write on a readonly=True store
+    ├── SerializerNotFoundError (ValueError)                 an unknown serializer name
+    ├── SerializationError (TypeError, ValueError)           the serializer cannot write the value
+    ├── InvalidKeyError (ValueError)                         a key that would escape the store root
+    │   ├── OverlappingKeyError                              a key inside or around a stored key
+    │   └── UnsafePathError                                  through a symlink or into another store
+    ├── StoreNotFoundError (FileNotFoundError)               no store there (reading creates none)
+    ├── StoreMismatchError                                   the store's marker and index disagree
+    ├── PayloadMissingError (FileNotFoundError, ValueError)  the row exists, the payload is gone
+    ├── PayloadLoadError (ValueError)                        the payload exists but cannot be read
+    ├── SchemaVersionError (RuntimeError)                    the index is at another schema revision
+    ├── IndexUnavailableError (ConnectionError)              the index database cannot be reached
+    ├── LockTimeoutError (TimeoutError)                      store.lock(key, timeout) waited in vain
+    └── MissingDependencyError (ImportError)                 an optional dependency is not installed
+
+The built-in bases keep code written for xpersist 2021 working: it raised ``KeyError`` for a
+missing key and ``ValueError`` for a duplicate key under ``raise_error`` and for a value it could
+not load, so ``except KeyError`` / ``except ValueError`` still catch those cases here.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ __all__ = [
     "ArtifactNotFoundError",
     "CollisionError",
     "DuplicateKeyError",
+    "IndexUnavailableError",
     "InvalidKeyError",
     "LockTimeoutError",
     "MissingDependencyError",
@@ -35,6 +42,7 @@ __all__ = [
     "PayloadMissingError",
     "ReadonlyStoreError",
     "SchemaVersionError",
+    "SerializationError",
     "SerializerNotFoundError",
     "StoreMismatchError",
     "StoreNotFoundError",
@@ -55,8 +63,11 @@ class ArtifactNotFoundError(XpersistSQLError, KeyError):
     """No (unexpired) artifact is stored under the key."""
 
 
-class DuplicateKeyError(XpersistSQLError):
-    """The key exists and the store's policy is ``on_duplicate_key="raise_error"``."""
+class DuplicateKeyError(XpersistSQLError, ValueError):
+    """The key exists and the store's policy is ``on_duplicate_key="raise_error"``.
+
+    A ``ValueError``, as xpersist 2021 raised for a duplicate key.
+    """
 
 
 class CollisionError(DuplicateKeyError):
@@ -69,6 +80,15 @@ class ReadonlyStoreError(XpersistSQLError, PermissionError):
 
 class SerializerNotFoundError(XpersistSQLError, ValueError):
     """The serializer name is not registered."""
+
+
+class SerializationError(XpersistSQLError, TypeError, ValueError):
+    """The serializer could not write the value (a type it does not handle, bad ``dump_kwargs``).
+
+    Both a ``TypeError`` and a ``ValueError``, the errors serializers raise for such values, so
+    code catching either keeps working. The message names the key, the store, the serializer and
+    one that can write the value's type; the serializer's own error is the ``__cause__``.
+    """
 
 
 class InvalidKeyError(XpersistSQLError, ValueError):
@@ -91,16 +111,30 @@ class StoreMismatchError(XpersistSQLError):
     """The store's marker names a store that its index does not know, or the reverse."""
 
 
-class PayloadMissingError(XpersistSQLError, FileNotFoundError):
-    """The index has a row for the key but its payload is gone from storage."""
+class PayloadMissingError(XpersistSQLError, FileNotFoundError, ValueError):
+    """The index has a row for the key but its payload is gone from storage.
+
+    Also a ``ValueError``, which xpersist 2021 raised for any value it could not load.
+    """
 
 
-class PayloadLoadError(XpersistSQLError):
-    """The payload exists but its serializer failed to read it."""
+class PayloadLoadError(XpersistSQLError, ValueError):
+    """The payload exists but its serializer failed to read it.
+
+    A ``ValueError``, as xpersist 2021 raised for a value it could not load.
+    """
 
 
 class SchemaVersionError(XpersistSQLError, RuntimeError):
     """The index database is at another schema revision than this package expects."""
+
+
+class IndexUnavailableError(XpersistSQLError, ConnectionError):
+    """The index database cannot be reached or opened (server down, wrong host, credentials...).
+
+    The message names the database URL (password hidden) and what to check; the driver's error
+    is the ``__cause__``.
+    """
 
 
 class LockTimeoutError(XpersistSQLError, TimeoutError):

@@ -26,6 +26,14 @@ class DuplicateKeyEnum(str, enum.Enum):
     check_collision = "check_collision"
     raise_error = "raise_error"
 
+    @classmethod
+    def _missing_(cls, value: object) -> DuplicateKeyEnum:
+        raise ValueError(
+            f"on_duplicate_key={value!r} is not one of the valid values: 'skip' (keep the stored "
+            "artifact), 'overwrite' (replace it), 'check_collision' (keep it if the content is "
+            "the same, else raise CollisionError) or 'raise_error' (raise DuplicateKeyError)"
+        )
+
 
 def _utcnow() -> datetime:
     return datetime.now(timezone.utc)

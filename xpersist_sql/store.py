@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
+import pickle
 import platform
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from datetime import datetime, timedelta, timezone
@@ -16,7 +18,7 @@ from sqlalchemy import Engine
 
 from ._version import __version__
 from .backend import StoreBackend
-from .db.engine import redact_url
+from .db.engine import DATABASE_URL_ENV, check_database_url, redact_options, redact_url
 from .db.index import ArtifactIndex
 from .db.locks import KeyLock, key_lock
 from .db.schema import INDEX_FILENAME
@@ -28,6 +30,8 @@ from .errors import (
     PayloadLoadError,
     PayloadMissingError,
     ReadonlyStoreError,
+    SerializationError,
+    XpersistSQLError,
 )
 from .legacy import LegacyImportReport, import_legacy_into
 from .maintenance import evict as _evict
@@ -35,38 +39,67 @@ from .maintenance import gc as _gc
 from .maintenance import verify as _verify
 from .models import Artifact, DuplicateKeyEnum
 from .query import (
+    ArtifactQuery,
     MetadataValue,
     SummaryRow,
     TimeBound,
     artifacts_to_frame,
     parse_query,
+    parse_time,
 )
 from .serializers import Serializer, get_serializer, pick_serializer
 from .storage import HIDDEN_DIR, PayloadStorage, validate_key
-from .units import parse_size, parse_ttl
+from .units import parse_duration, parse_size, parse_ttl
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["DATABASE_URL_ENV", "CacheStore", "import_legacy"]
-
-DATABASE_URL_ENV = "XPERSIST_SQL_DATABASE_URL"
+__all__ = ["DATABASE_URL_ENV", "STORE_ENV", "CacheStore", "import_legacy"]
 
 TTL = timedelta | int | float | str
 Progress = _gc.Progress
 _MAX_SETTLE_ROUNDS = 20
 _log = logging.getLogger("xpersist_sql")
 
+#: The longest ttl: about 1000 years (every expiry date then fits every index database).
+MAX_TTL = timedelta(days=365_000)
+_TTL_RANGE = (
+    f"a ttl is a duration greater than 0 and at most {MAX_TTL.days} days (about 1000 years): "
+    "a timedelta, seconds or a string such as '12h' or '7d'; pass None for no expiry"
+)
+#: Integers in metadata, query filters and limits: what a signed 64-bit column holds.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+#: A limit above this many rows is no limit.
+_NO_LIMIT_BEYOND = 2**31 - 1
+_YEAR_ONE = datetime(1, 1, 1, tzinfo=timezone.utc)
+#: What a serializer raises for a value it cannot write (the rest propagates as it is).
+_UNWRITABLE = (TypeError, ValueError, AttributeError, pickle.PicklingError)
+
+
+#: The environment variable naming the default store path (``CacheStore()``, the CLI).
+STORE_ENV = "XPERSIST_SQL_STORE"
+
 
 def _default_path() -> str:
-    return platformdirs.user_cache_dir("xpersist_sql")
+    return os.environ.get(STORE_ENV) or platformdirs.user_cache_dir("xpersist_sql")
 
 
-def _as_timedelta(ttl: TTL | None, what: str = "ttl") -> timedelta | None:
+def _as_timedelta(ttl: TTL | None, where: str, what: str = "ttl") -> timedelta | None:
+    """Read a ttl, refusing what is not a duration in ``(0, MAX_TTL]`` (``where`` prefixes)."""
     try:
-        return parse_ttl(ttl)
+        delta = parse_ttl(ttl)
     except (TypeError, ValueError) as exc:
-        raise type(exc)(f"{what}: {exc}") from None
+        raise type(exc)(f"{where}invalid {what}={ttl!r}: {exc}; {_TTL_RANGE}") from None
+    if delta is not None and delta > MAX_TTL:
+        raise ValueError(f"{where}{what}={ttl!r} is out of range: {_TTL_RANGE}")
+    return delta
+
+
+def _policy(value: DuplicateKeyEnum | str, where: str) -> DuplicateKeyEnum:
+    try:
+        return DuplicateKeyEnum(value)
+    except ValueError as exc:
+        raise ValueError(f"{where}{exc}") from None
 
 
 def _jsonable(value: Mapping[str, Any] | None, what: str) -> dict[str, Any]:
@@ -78,6 +111,83 @@ def _jsonable(value: Mapping[str, Any] | None, what: str) -> dict[str, Any]:
     return result
 
 
+def _check_numbers(value: Any, field: str, where: str) -> None:
+    """Refuse integers beyond 64 bits and non-finite floats anywhere in a JSON value.
+
+    Every index database stores and compares such metadata the same way: SQLite reads JSON
+    integers as 64-bit and PostgreSQL's JSON has no NaN or infinity.
+    """
+    if isinstance(value, Mapping):
+        for name, item in value.items():
+            _check_numbers(item, f"{field}[{name!r}]", where)
+    elif isinstance(value, (list, tuple)):
+        for position, item in enumerate(value):
+            _check_numbers(item, f"{field}[{position}]", where)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise ValueError(
+                f"{where}{field} = {value} is out of range: integers in metadata must lie "
+                f"between {INT64_MIN} and {INT64_MAX} (signed 64 bits), which every index "
+                "database stores and compares exactly; store a larger number as a str"
+            )
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(
+            f"{where}{field} = {value!r} is not a JSON number: metadata floats must be finite; "
+            "store it as a str or None"
+        )
+
+
+def _time_bound(name: str, value: TimeBound, now: datetime) -> datetime:
+    """``parse_time``, whose refusal of a duration reaching before the year 1 gives the range."""
+    try:
+        return parse_time(value, name=name, now=now)
+    except ValueError:
+        delta: timedelta | None = value if isinstance(value, timedelta) else None
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                delta = parse_duration(value.strip())
+        longest = now - _YEAR_ONE
+        if delta is not None and delta > longest:
+            raise ValueError(
+                f"{name}={value!r} is out of range: a duration means that long ago, at most "
+                f"{longest.days} days (back to the year 1); pass a shorter duration or a date"
+            ) from None
+        raise
+
+
+def _query_spec(filters: dict[str, Any]) -> ArtifactQuery:
+    """Check the ranges of the query filters, then parse them (see :func:`parse_query`)."""
+    limit = filters.get("limit")
+    if isinstance(limit, int) and not isinstance(limit, bool) and not 0 <= limit <= INT64_MAX:
+        raise ValueError(
+            f"limit={limit} is out of range: limit must be >= 0 and <= {INT64_MAX} "
+            "(2**63 - 1), or None for no limit"
+        )
+    if isinstance(limit, int) and limit > _NO_LIMIT_BEYOND:
+        # more rows than any index holds (PostgreSQL binds LIMIT as a 32-bit integer)
+        filters["limit"] = None
+    metadata = filters.get("metadata")
+    if isinstance(metadata, Mapping):
+        for name, item in metadata.items():
+            if isinstance(item, int):
+                _check_numbers(item, f"metadata[{name!r}]", "query: ")
+    if filters.get("now") is None:
+        now = filters["now"] = datetime.now(timezone.utc)
+        for name in ("since", "until"):
+            if filters.get(name) is not None:
+                filters[name] = _time_bound(name, filters[name], now)
+    return parse_query(**filters)
+
+
+def _type_name(value: Any) -> str:
+    kind = type(value)
+    return (
+        kind.__qualname__
+        if kind.__module__ == "builtins"
+        else f"{kind.__module__}.{kind.__qualname__}"
+    )
+
+
 class CacheStore:
     """A cache of payloads in an fsspec directory, indexed by a SQL database.
 
@@ -85,7 +195,8 @@ class CacheStore:
     ----------
     path : str, optional
         Root directory of the payloads: a local path or an fsspec URL (``s3://bucket/prefix``).
-        Defaults to ``<user cache dir>/xpersist_sql`` (platformdirs: ``~/.cache`` on Linux).
+        Defaults to ``$XPERSIST_SQL_STORE``, else ``<user cache dir>/xpersist_sql``
+        (platformdirs: ``~/.cache/xpersist_sql`` on Linux).
     database_url : str, optional
         SQLAlchemy URL of the index. Defaults to ``$XPERSIST_SQL_DATABASE_URL`` or, for a local
         path, a SQLite file in the store's hidden ``.xpersist_sql`` directory. Required for a
@@ -143,9 +254,10 @@ class CacheStore:
         self.path: str = raw.rstrip("/") or "/"
         self.readonly = bool(readonly)
         self.create = bool(create) and not self.readonly
-        self.on_duplicate_key = DuplicateKeyEnum(on_duplicate_key)
+        where = f"CacheStore({self.path!r}): "
+        self.on_duplicate_key = _policy(on_duplicate_key, where)
         self.checksum = bool(checksum)
-        self.default_ttl = _as_timedelta(default_ttl, "default_ttl")
+        self.default_ttl = _as_timedelta(default_ttl, where, "default_ttl")
         self.max_size: int | None = None if max_size is None else parse_size(max_size)
         self._size_guard = None if self.max_size is None else _evict.SizeGuard(self.max_size)
         self._explicit_database_url = database_url
@@ -163,6 +275,13 @@ class CacheStore:
     def _resolve_database_url(self, database_url: str | None) -> str:
         url = database_url or os.environ.get(DATABASE_URL_ENV)
         if url:
+            try:
+                parsed = check_database_url(url)
+            except ValueError as exc:
+                origin = "" if database_url else f" (from ${DATABASE_URL_ENV})"
+                raise ValueError(f"cannot open the store {self.path!r}{origin}: {exc}") from None
+            if parsed.drivername != url.partition(":")[0]:  # postgres:// -> postgresql+psycopg://
+                return parsed.render_as_string(hide_password=False)
             return url
         if not self._storage.is_local:
             raise ValueError(
@@ -181,7 +300,7 @@ class CacheStore:
         return (
             f"{type(self).__name__}(path={self.path!r}, readonly={self.readonly!r}, "
             f"on_duplicate_key={self.on_duplicate_key!r}, "
-            f"storage_options={self.storage_options!r}, "
+            f"storage_options={redact_options(self.storage_options)!r}, "
             f"database_url={redact_url(self.database_url)!r}"
             + ("" if self.max_size is None else f", max_size={self.max_size!r}")
             + ")"
@@ -299,15 +418,24 @@ class CacheStore:
         ------
         ReadonlyStoreError, InvalidKeyError, OverlappingKeyError, UnsafePathError,
         SerializerNotFoundError, DuplicateKeyError, CollisionError, MissingDependencyError
+        SerializationError
+            The serializer cannot write the value (nothing is left behind).
+        ValueError
+            An unknown ``on_duplicate_key``, a ``ttl`` out of range, metadata integers beyond
+            64 bits or non-finite floats.
         """
         self._check_writable("put", key)
         key = validate_key(key, store=self.path)
+        where = f"put of key {key!r} in store {self.path!r}: "
         name = pick_serializer(value) if serializer == "auto" else serializer
         ser = get_serializer(name)
         ser.check_requirements()
-        delta = _as_timedelta(ttl) or self.default_ttl
-        policy = self.on_duplicate_key if on_duplicate_key is None else on_duplicate_key
-        policy = DuplicateKeyEnum(policy)
+        delta = _as_timedelta(ttl, where) or self.default_ttl
+        policy = _policy(
+            self.on_duplicate_key if on_duplicate_key is None else on_duplicate_key, where
+        )
+        metadata = _jsonable(additional_metadata, "additional_metadata")
+        _check_numbers(metadata, "additional_metadata", where)
         storage = self._storage
         storage.check_path(key)  # no symlink on the way, before any work
 
@@ -322,7 +450,7 @@ class CacheStore:
         now = datetime.now(timezone.utc)
         staged = storage.staging_path(key)
         try:
-            hints = ser.dump(value, storage.fs, staged, **(dump_kwargs or {}))
+            hints = self._dump(key, value, ser, staged, dump_kwargs)
             stat = storage.stat(staged)
             want_checksum = self.checksum if checksum is None else checksum
             digest = (
@@ -338,7 +466,7 @@ class CacheStore:
                     **_jsonable(load_kwargs, "load_kwargs"),
                 },
                 dump_kwargs=_jsonable(dump_kwargs, "dump_kwargs"),
-                additional_metadata=_jsonable(additional_metadata, "additional_metadata"),
+                additional_metadata=metadata,
                 created_at=now,
                 size_bytes=stat.size_bytes,
                 checksum=digest,
@@ -358,6 +486,53 @@ class CacheStore:
         if self._size_guard is not None and stored.created_at == now:  # written, not skipped
             self._size_guard.after_put(self._backend, stored)
         return stored
+
+    def _dump(
+        self,
+        key: str,
+        value: Any,
+        ser: Serializer,
+        staged: str,
+        dump_kwargs: dict[str, Any] | None,
+    ) -> dict[str, Any] | None:
+        """Write ``value`` at ``staged``; a value the serializer cannot write is explained."""
+        try:
+            return ser.dump(value, self._storage.fs, staged, **(dump_kwargs or {}))
+        except XpersistSQLError:
+            raise
+        except _UNWRITABLE as exc:
+            raise self._unwritable(key, value, ser.name, dump_kwargs, exc) from exc
+        except Exception as exc:
+            # any other error propagates as it is, its traceback naming the key and the store
+            exc.add_note(f"while serializer {ser.name!r} wrote key {key!r} of store {self.path!r}")
+            raise
+
+    def _unwritable(
+        self,
+        key: str,
+        value: Any,
+        name: str,
+        dump_kwargs: dict[str, Any] | None,
+        exc: Exception,
+    ) -> SerializationError:
+        kind = _type_name(value)
+        auto = pick_serializer(value)
+        checked = f"the dump_kwargs ({', '.join(map(str, dump_kwargs))})" if dump_kwargs else ""
+        if auto != name:
+            remedy = f"Use serializer={auto!r} (what serializer='auto' picks for a {kind})" + (
+                f", or check {checked}" if checked else ""
+            )
+        else:
+            remedy = (
+                f"{name!r} is also what serializer='auto' picks for a {kind}: check "
+                + (f"{checked} and " if checked else "")
+                + "the value, convert it to a type another serializer writes, or register a "
+                "serializer for it (xpersist_sql.serializers.register_serializer)"
+            )
+        return SerializationError(
+            f"cannot put key {key!r} in store {self.path!r}: serializer {name!r} cannot write "
+            f"this {kind} ({type(exc).__name__}: {exc}). {remedy}. Nothing was stored"
+        )
 
     def _on_existing(
         self, key: str, existing: Artifact, digest: str | None, policy: DuplicateKeyEnum
@@ -471,22 +646,57 @@ class CacheStore:
         except MissingDependencyError:
             raise
         except Exception as exc:
-            current = self._versions(ser)
-            changed = {
-                name: f"{version} -> {current.get(name, 'not installed')}"
-                for name, version in artifact.versions.items()
-                if current.get(name) != version
-            }
-            why = (
-                f"it was written with other library versions ({changed})"
-                if changed
-                else "the library versions are the ones that wrote it"
-            )
             raise PayloadLoadError(
                 f"could not load key {artifact.key!r} from store {self.path!r} with serializer "
-                f"{ser.name!r}: {type(exc).__name__}: {exc}. Note: {why}. Recompute it (put with "
-                "on_duplicate_key='overwrite') or load it in an environment with those versions"
+                f"{ser.name!r}: {type(exc).__name__}: {str(exc).rstrip('.')}. "
+                + self._load_advice(artifact, ser, load_kwargs)
             ) from exc
+
+    def _load_advice(
+        self, artifact: Artifact, ser: Serializer, load_kwargs: dict[str, Any] | None
+    ) -> str:
+        """Say what to do about a payload that would not load, the likeliest cause first."""
+        key = artifact.key
+        recompute = (
+            f"recompute it with store.put({key!r}, value, on_duplicate_key='overwrite') "
+            f"(or remove it with store.delete({key!r}))"
+        )
+        advice = []
+        if load_kwargs:
+            advice.append(
+                f"Check the load_kwargs given to get ({', '.join(map(str, load_kwargs))})."
+            )
+        if ser.name != artifact.serializer:  # the likeliest cause by far
+            advice.insert(
+                0,
+                f"It was written by serializer {artifact.serializer!r}: read it with that one "
+                f"(store.get({key!r}) without serializer=).",
+            )
+            return " ".join(advice)
+        current = self._versions(ser)
+        changed = {
+            name: f"{version} -> {current.get(name, 'not installed')}"
+            for name, version in artifact.versions.items()
+            if current.get(name) != version
+        }
+        if changed:
+            advice.append(
+                f"It was written with other library versions ({changed}): load it in an "
+                f"environment with those versions, or {recompute}."
+            )
+        elif not artifact.versions:
+            advice.append(
+                "The library versions that wrote it were not recorded (an artifact imported "
+                "from xpersist 2021?): load it where it was written, or "
+                f"{recompute}."
+            )
+        else:
+            advice.append(
+                "The library versions are the ones that wrote it, so the payload itself has "
+                "probably changed: check it with store.verify() (`xpersist-sql verify`), then "
+                f"{recompute}."
+            )
+        return " ".join(advice)
 
     def keys(self) -> list[str]:
         """Return the keys of the stored (unexpired) artifacts, sorted."""
@@ -552,20 +762,22 @@ class CacheStore:
         >>> store.query(flow_name="my-flow", since="2021-12-16")  # doctest: +SKIP
         >>> store.query(tags=["nightly"], since=timedelta(days=7), limit=10)  # doctest: +SKIP
         """
-        spec = parse_query(
-            key=key,
-            flow_name=flow_name,
-            task_name=task_name,
-            flow_run_id=flow_run_id,
-            task_run_id=task_run_id,
-            serializer=serializer,
-            tags=tags,
-            metadata=metadata,
-            since=since,
-            until=until,
-            limit=limit,
-            order=order,
-            include_expired=include_expired,
+        spec = _query_spec(
+            {
+                "key": key,
+                "flow_name": flow_name,
+                "task_name": task_name,
+                "flow_run_id": flow_run_id,
+                "task_run_id": task_run_id,
+                "serializer": serializer,
+                "tags": tags,
+                "metadata": metadata,
+                "since": since,
+                "until": until,
+                "limit": limit,
+                "order": order,
+                "include_expired": include_expired,
+            }
         )
         rows = self._rows()
         return [] if rows is None else rows.query(spec)
@@ -626,16 +838,20 @@ class CacheStore:
         list of SummaryRow
             Largest groups (by count) first.
         """
-        spec = parse_query(**filters)
+        spec = _query_spec(dict(filters))
         rows = self._rows()
         return [] if rows is None else rows.summarize(spec, by)
 
     # -- maintenance -----------------------------------------------------------------------------
-    def _check_maintenance(self, action: str) -> None:
+    def _check_maintenance(
+        self,
+        action: str,
+        instead: str = "use the dry-run option to only list what would be removed",
+    ) -> None:
         if self.readonly:
             raise ReadonlyStoreError(
                 f"cannot {action}: the store {self.path!r} is readonly; open it with "
-                "readonly=False (or use the dry-run option to only list what would be removed)"
+                f"readonly=False (or {instead})"
             )
 
     def gc(
@@ -684,6 +900,7 @@ class CacheStore:
         *,
         checksums: bool = True,
         repair: bool = False,
+        refingerprint: bool = False,
         progress: Progress | None = None,
     ) -> _verify.VerifyReport:
         """Check that every artifact's payload is present and unchanged.
@@ -694,6 +911,12 @@ class CacheStore:
             Hash the payloads that have a recorded checksum (a full read of each).
         repair : bool
             Drop the rows whose payload is gone (see :meth:`repair`).
+        refingerprint : bool
+            Re-record the fingerprint and size of payloads whose files changed on disk but
+            whose content did not, after a legitimate copy (``cp -r`` changes modification
+            times): where a checksum was recorded only if the content still matches it (else
+            the payload stays a ``corrupt`` problem); without one, the content is taken as
+            unchanged. The keys are listed in ``report.refingerprinted``.
         progress : callable, optional
             ``progress(phase, done, total)``.
 
@@ -701,8 +924,19 @@ class CacheStore:
         -------
         VerifyReport
             Problems by key: ``missing``, ``modified``, ``corrupt``, ``invalid key``.
+
+        Raises
+        ------
+        ReadonlyStoreError
+            With ``refingerprint`` on a readonly store.
         """
-        report = _verify.verify(self._backend, checksums=checksums, progress=progress)
+        if refingerprint:
+            self._check_maintenance(
+                "re-record fingerprints", "run verify without refingerprint to only check"
+            )
+        report = _verify.verify(
+            self._backend, checksums=checksums, refingerprint=refingerprint, progress=progress
+        )
         if repair and report.missing:
             report.repaired = self.repair(report.missing, progress=progress)
         return report

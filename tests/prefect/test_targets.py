@@ -164,3 +164,85 @@ def test_invalid_arguments_are_refused(pstore: CacheStore) -> None:
         made.with_options(cache_expiration=timedelta(days=1))
     with pytest.raises(TypeError, match="'made' is already a Prefect task"):
         xpersist_task(target="x.json", store=pstore)(made.with_options(name="made"))
+
+
+# -- a restricted formatter: names and format specs only, bounded widths --------------------------
+class _Config:
+    secret = "do not render me"
+
+
+def _context() -> RunContext:
+    return RunContext(
+        date=datetime(2021, 12, 16, 8, tzinfo=timezone.utc),
+        task_name="get_data",
+        parameters={"member": 3, "cfg": _Config(), "opts": {"a": 1}},
+        flow_name="my-flow",
+    )
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{parameters[cfg].secret}.json",
+        "{parameters[cfg].__init__.__globals__}.json",
+        "{parameters[opts][a]}.json",
+        "{date.year}.json",
+        "{flow_name.__class__}.json",
+        "{task_name[0]}.json",
+    ],
+)
+def test_templates_refuse_attributes_and_deep_lookups(template: str) -> None:
+    with pytest.raises(TargetTemplateError) as info:
+        render_target(template, _context())
+    message = str(info.value)
+    assert repr(template) in message and "attributes (.name) and further lookups" in message
+    assert "do not render me" not in message
+
+
+@pytest.mark.parametrize(
+    ("template", "number"),
+    [
+        ("{flow_name:>99999999999}", "99999999999"),
+        ("{flow_name:>1000000000}", "1000000000"),
+        ("{flow_name:x<256}", "256"),
+        ("{parameters[member]:.1000000000f}", "1000000000"),
+        ("{parameters[member]:01000000000d}", "1000000000"),
+        ("{date:%1000000000Y}", "1000000000"),
+        ("{task_tags:^999999999}", "999999999"),
+    ],
+)
+def test_templates_refuse_huge_widths_before_allocating(template: str, number: str) -> None:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(TargetTemplateError) as info:
+            render_target(template, _context())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1_000_000  # refused before the string was made
+    message = str(info.value)
+    assert repr(template) in message and f"of {number}" in message and "limit is 255" in message
+    assert isinstance(info.value, ValueError)
+
+
+def test_templates_keep_names_and_format_specs() -> None:
+    context = _context()
+    assert render_target("{flow_name:>10}|{task_name:.3}|{parameters[member]:04d}", context) == (
+        "   my-flow|get|0003"
+    )
+    assert render_target("{date:%Y/%m/%d}/{{literal}}/{today}", context) == (
+        "2021/12/16/{literal}/2021-12-16"
+    )
+    assert render_target("{flow_name:x<255}", context) == "my-flow" + "x" * 248
+    with pytest.raises(TargetTemplateError, match=r"conversion !r"):
+        render_target("{flow_name!r}", context)
+    with pytest.raises(TargetTemplateError, match="a format spec must be literal"):
+        render_target("{flow_name:>{parameters[member]}}", context)
+    with pytest.raises(TargetTemplateError, match="not a standard format spec"):
+        render_target("{parameters[member]:%Y}", context)
+    with pytest.raises(TargetTemplateError, match=r"KeyError: 'nope'.*parameters are: cfg"):
+        render_target("{parameters[nope]}", context)
+    with pytest.raises(TargetTemplateError, match=r"IndexError: \{task_tags\[0\]\}"):
+        render_target("{task_tags[0]}", context)

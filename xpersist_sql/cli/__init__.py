@@ -5,8 +5,10 @@ with ``--db URL`` (or ``$XPERSIST_SQL_DATABASE_URL``); a local store without ``-
 embedded SQLite index. No command but ``import-legacy`` creates a store: a path that is not one
 is an error.
 
-Exit status: 0 clean, 1 problems found (``verify``; ``import-legacy --strict`` with skipped
-sidecars), 2 usage or runtime error (one line on stderr).
+Exit status (:data:`._app.EPILOG`, under ``--help``): 0 clean; 1 problems found (``verify``,
+``db current`` on an index this version cannot use, ``import-legacy --strict`` with skipped
+sidecars, ``rm`` declined at its prompt); 2 usage or runtime error (one line on stderr). Every
+command has ``--json``, whose stdout is one JSON document with stable keys (docs/queries.md).
 
 The package is plain commands: :mod:`._app` holds the typer apps, :mod:`._common` the shared
 options and helpers, and each command module (:mod:`.query`, :mod:`.rm`, :mod:`.maintenance`,

@@ -10,18 +10,21 @@ import contextlib
 import dataclasses
 import functools
 import inspect
+import io
 import json
+import math
 import os
+import re
 import sys
 import typing
 from collections.abc import Callable, Collection, Iterator
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Annotated, Any
 
 import typer
 from alembic.util.exc import CommandError
 from fsspec.utils import get_protocol
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -34,13 +37,16 @@ from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
 from .. import Artifact, CacheStore, XpersistSQLError
-from ..units import format_size
+from ..query import parse_time
+from ..units import format_size, parse_duration
 
 __all__ = [
     "DATABASE_URL_ENV",
     "EXIT_ERROR",
     "EXIT_PROBLEMS",
+    "MAX_COUNT",
     "STORE_ENV",
+    "WHEN_FORMS",
     "DbOpt",
     "ExpiredOpt",
     "JsonOpt",
@@ -52,8 +58,11 @@ __all__ = [
     "local_path",
     "open_store",
     "option_groups",
+    "parse_count",
+    "parse_when",
     "print_error",
     "print_json",
+    "print_table",
     "progress_bar",
     "size",
     "stderr",
@@ -77,6 +86,7 @@ StoreOpt = Annotated[
     typer.Option(
         "--store",
         envvar=STORE_ENV,
+        metavar="ROOT",
         help="Store root: a directory or an fsspec URL [default: the user cache directory, "
         "~/.cache/xpersist_sql on Linux].",
         show_default=False,
@@ -87,6 +97,7 @@ DbOpt = Annotated[
     typer.Option(
         "--db",
         envvar=DATABASE_URL_ENV,
+        metavar="URL",
         help="SQLAlchemy URL of the index [default: the store's embedded SQLite file].",
         show_default=False,
     ),
@@ -115,27 +126,40 @@ class QueryFilters:
     """The filter options of ``ls``, ``stats`` and ``rm``, as typed on the command line."""
 
     key: Annotated[
-        str | None, typer.Option("--key", help="Glob on the key (* and ?).", show_default=False)
+        str | None,
+        typer.Option(
+            "--key", metavar="GLOB", help="Glob on the key (* and ?).", show_default=False
+        ),
     ] = None
-    flow: Annotated[str | None, typer.Option("--flow", "--flow-name", help="Flow name.")] = None
-    task: Annotated[str | None, typer.Option("--task", "--task-name", help="Task name.")] = None
+    flow: Annotated[
+        str | None, typer.Option("--flow", "--flow-name", metavar="NAME", help="Flow name.")
+    ] = None
+    task: Annotated[
+        str | None, typer.Option("--task", "--task-name", metavar="NAME", help="Task name.")
+    ] = None
     flow_run_id: Annotated[
-        str | None, typer.Option("--flow-run-id", help="Prefect flow run id.")
+        str | None, typer.Option("--flow-run-id", metavar="ID", help="Prefect flow run id.")
     ] = None
     task_run_id: Annotated[
-        str | None, typer.Option("--task-run-id", help="Prefect task run id.")
+        str | None, typer.Option("--task-run-id", metavar="ID", help="Prefect task run id.")
     ] = None
-    serializer: Annotated[str | None, typer.Option("--serializer", help="Serializer name.")] = None
+    serializer: Annotated[
+        str | None, typer.Option("--serializer", metavar="NAME", help="Serializer name.")
+    ] = None
     tag: Annotated[
         list[str] | None,
         typer.Option(
-            "--tag", help="A tag the artifact has (repeat: all of them).", show_default=False
+            "--tag",
+            metavar="TAG",
+            help="A tag the artifact has (repeat: all of them).",
+            show_default=False,
         ),
     ] = None
     meta: Annotated[
         list[str] | None,
         typer.Option(
             "--meta",
+            metavar="NAME=VALUE",
             help="NAME=VALUE equality on additional_metadata (VALUE read as JSON if it is a JSON "
             "number, true, false or null, else as text; repeat for several).",
             show_default=False,
@@ -145,23 +169,39 @@ class QueryFilters:
         str | None,
         typer.Option(
             "--since",
+            metavar="WHEN",
             help="Created at or after: ISO date/time (UTC unless an offset is given) or a "
             "duration ago (7d, 12h, 30m, 2w, P7D).",
         ),
     ] = None
     until: Annotated[
-        str | None, typer.Option("--until", help="Created before (same forms as --since).")
+        str | None,
+        typer.Option("--until", metavar="WHEN", help="Created before (same forms as --since)."),
     ] = None
     include_expired: ExpiredOpt = False
 
     def query(self) -> dict[str, Any]:
         """Return the keyword filters of ``CacheStore.query`` (and ``summarize``).
 
+        ``--since``/``--until`` are read here (against one "now"), ``--meta`` values as JSON
+        numbers, booleans or null when they are one, so that a bad value is reported in the
+        command line's words.
+
         Raises
         ------
         ValueError
-            If a ``--meta`` option is not ``NAME=VALUE``.
+            If a ``--meta`` option is not ``NAME=VALUE`` or its number is out of range, or
+            ``--since``/``--until`` is not a date, a time or a duration (or ``--since`` is
+            after ``--until``).
         """
+        now = datetime.now(timezone.utc)
+        since = None if self.since is None else parse_when("--since", self.since, now=now)
+        until = None if self.until is None else parse_when("--until", self.until, now=now)
+        if since is not None and until is not None and since > until:
+            raise ValueError(
+                f"--since {self.since!r} ({since:%Y-%m-%d %H:%M:%S} UTC) is after --until "
+                f"{self.until!r} ({until:%Y-%m-%d %H:%M:%S} UTC): no artifact can match"
+            )
         return {
             "key": self.key,
             "flow_name": self.flow,
@@ -171,14 +211,93 @@ class QueryFilters:
             "serializer": self.serializer,
             "tags": self.tag or None,
             "metadata": _meta(self.meta),
-            "since": self.since,
-            "until": self.until,
+            "since": since,
+            "until": until,
             "include_expired": self.include_expired,
         }
 
     def any(self) -> bool:
         """Return whether any filter is set (``--include-expired`` included)."""
-        return any(value not in (None, False) for value in self.query().values())
+        values = (getattr(self, field.name) for field in dataclasses.fields(self))
+        return any(value not in (None, False, []) for value in values)
+
+
+#: What ``--since`` and ``--until`` accept, said in their error messages.
+WHEN_FORMS = (
+    "give an ISO date or time (2021-12-16, 2021-12-16T08:00, 2021-12-16T08:00+01:00; UTC "
+    "unless an offset is given) or a duration ago (30m, 12h, 7d, 2w, P7D, PT12H, or seconds: 30)"
+)
+# a number with a unit, or an ISO-8601 duration: text meant as a duration
+_DURATION_SHAPE = re.compile(
+    r"\s*[+-]?(\d+(\.\d*)?|\.\d+)\s*[a-z]*\s*|\s*[+-]?p[0-9.tywdhms]*\s*", re.I
+)
+_DATE_SHAPE = re.compile(r"\s*\d{4}-\d")
+
+
+def parse_when(option: str, text: str, *, now: datetime) -> datetime:
+    """Return the moment ``text`` means for ``option`` (``--since``/``--until``), in UTC.
+
+    Raises
+    ------
+    ValueError
+        Naming the option and the accepted forms, if ``text`` is not a date, a time or a
+        duration, is a negative duration, or reaches before the year 1.
+    """
+    try:
+        return parse_time(text, name=option, now=now)
+    except ValueError:
+        pass
+    if _DATE_SHAPE.match(text):
+        try:
+            datetime.fromisoformat(text.strip())
+        except ValueError as exc:
+            raise ValueError(f"{option} {text!r} is not a valid date or time ({exc})") from None
+    try:
+        parse_duration(text)
+    except ValueError as exc:
+        if not _DURATION_SHAPE.fullmatch(text):
+            raise ValueError(
+                f"{option} {text!r} is not a date, a time or a duration; {WHEN_FORMS}"
+            ) from None
+        if text.strip().startswith("-"):
+            raise ValueError(
+                f"{option} {text!r} is a negative duration: a duration means that long ago, so "
+                "give a positive one (or a date for a moment in the future)"
+            ) from None
+        raise ValueError(f"{option} {text!r}: {exc}") from None
+    raise ValueError(
+        f"{option} {text!r} reaches back before the year 1; give a shorter duration or a date"
+    )
+
+
+#: The largest ``--limit`` (a 64-bit SQL integer).
+MAX_COUNT = 2**63 - 1
+
+
+def parse_count(option: str, text: str) -> int:
+    """Return ``text`` as a whole number from 0 to :data:`MAX_COUNT` (``--limit``).
+
+    Raises
+    ------
+    ValueError
+        Naming the option and the range.
+    """
+    expected = f"give a whole number from 0 to {MAX_COUNT}"
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise ValueError(f"{option} {text!r} is not a whole number; {expected}") from None
+    if not 0 <= value <= MAX_COUNT:
+        raise ValueError(f"{option} {text} is out of range; {expected}")
+    return value
+
+
+#: Integers a metadata value can hold (JSON numbers kept as 64-bit integers).
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(name)  # NaN and Infinity are not JSON numbers: read as text
 
 
 def _meta(pairs: list[str] | None) -> dict[str, str | int | float | bool | None] | None:
@@ -190,9 +309,22 @@ def _meta(pairs: list[str] | None) -> dict[str, str | int | float | bool | None]
         if not sep or not name:
             raise ValueError(f"--meta {pair!r} is not NAME=VALUE")
         try:
-            value = json.loads(text)
+            value = json.loads(text, parse_constant=_refuse_constant)
         except ValueError:
             value = text
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(
+                f"--meta {pair!r}: {text} is beyond the range of a number, so no metadata value "
+                f"equals it (to match the text, quote it: --meta '{name}=\"{text}\"')"
+            )
+        if isinstance(value, int) and not isinstance(value, bool):
+            low, high = _INT64
+            if not low <= value <= high:
+                raise ValueError(
+                    f"--meta {pair!r}: {text} is beyond 64-bit integers ({low} to {high}), "
+                    f"so no metadata value equals it (to match the text, quote it: "
+                    f"--meta '{name}=\"{text}\"')"
+                )
         result[name] = value if value is None or isinstance(value, (int, float, bool)) else text
     return result
 
@@ -307,12 +439,20 @@ def user_errors() -> Iterator[None]:
     """Turn the errors of a command into one line on stderr and exit status 2.
 
     Covers the package's errors (a path that is not a store, a missing key, an index at another
-    schema revision...), bad option values (``ValueError``, ``TypeError``), filesystem errors,
-    Alembic's errors and database errors (their first line only: the rest is SQL).
+    schema revision...), bad option values (``ValueError``, ``TypeError``, ``OverflowError``),
+    filesystem errors, Alembic's errors and database errors (their first line only: the rest is
+    SQL).
     """
     try:
         yield
-    except (XpersistSQLError, ValueError, TypeError, OSError, CommandError) as exc:
+    except (
+        XpersistSQLError,
+        ValueError,
+        TypeError,
+        OverflowError,
+        OSError,
+        CommandError,
+    ) as exc:
         message = str(exc) or type(exc).__name__
         raise _fail(message.splitlines()[0]) from None
     except SQLAlchemyError as exc:
@@ -325,6 +465,20 @@ def stdout() -> Console:
     """Return a console on stdout; piped output (scripts, grep) is never folded."""
     width = None if sys.stdout.isatty() else 100_000
     return Console(file=sys.stdout, highlight=False, soft_wrap=True, width=width)
+
+
+def print_table(renderable: RenderableType) -> None:
+    """Print a table on stdout: fitted to the terminal, or piped at its natural width.
+
+    Piped (a file, ``grep``, ``less``), nothing is folded, no style is written and no line
+    carries the padding of its columns: each ends with its last character.
+    """
+    if sys.stdout.isatty():
+        Console(file=sys.stdout, highlight=False).print(renderable)
+        return
+    buffer = io.StringIO()
+    Console(file=buffer, highlight=False, width=100_000, color_system=None).print(renderable)
+    sys.stdout.write("".join(line.rstrip() + "\n" for line in buffer.getvalue().splitlines()))
 
 
 def stderr() -> Console:

@@ -8,11 +8,15 @@ to stdout as a table or, with ``--json``, as JSON.
 from __future__ import annotations
 
 import os
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
 import typer
 
 from ..legacy import LEGACY_METADATA_DIR, LEGACY_SUFFIX, LegacyImportReport, LegacyIssue
+from ..maintenance.evict import EvictedItem
+from ..maintenance.gc import GcItem
+from ..maintenance.verify import VerifyProblem
 from ..units import parse_duration, parse_size
 from ._app import app
 from ._common import (
@@ -25,10 +29,10 @@ from ._common import (
     open_store,
     option_groups,
     print_json,
+    print_table,
     progress_bar,
     size,
     stderr,
-    stdout,
     table,
     user_errors,
     when,
@@ -37,6 +41,7 @@ from ._common import (
 __all__ = ["evict_command", "gc_command", "import_legacy_command", "verify_command"]
 
 _GC_KINDS = ("expired", "orphan", "staging", "trash")
+T = TypeVar("T")
 
 
 # -- gc --------------------------------------------------------------------------------------
@@ -51,6 +56,7 @@ def gc_command(
         str,
         typer.Option(
             "--older-than",
+            metavar="DURATION",
             help="Grace period for files: staging and trash leftovers and orphan payloads "
             "are removed only if unchanged for this long (seconds, 30m, 12h, 7d, 2w, P1D).",
         ),
@@ -64,7 +70,7 @@ def gc_command(
     """
     err = stderr()
     with user_errors():
-        grace = parse_duration(older_than)
+        grace = _option_value("--older-than", parse_duration, older_than)
         with where.open(readonly=dry_run) as opened, progress_bar(err) as progress:
             report = opened.gc(older_than=grace, dry_run=dry_run, progress=progress)
     if as_json:
@@ -72,15 +78,15 @@ def gc_command(
             {
                 "dry_run": dry_run,
                 "total_bytes": report.total_bytes,
-                "items": [vars(item) for item in report.items],
-                "skipped": [vars(item) for item in report.skipped],
+                "items": [_gc_item(item) for item in report.items],
+                "skipped": [_gc_item(item) for item in report.skipped],
             }
         )
     elif report.items:
         found = table("KIND", "PATH", "SIZE")
         for item in report.items:
             found.add_row(item.kind, item.path, size(item.size_bytes))
-        stdout().print(found)
+        print_table(found)
     counts = ", ".join(f"{report.count(k)} {k}" for k in _GC_KINDS if report.count(k))
     verb = "would remove" if dry_run else "removed"
     err.print(
@@ -115,16 +121,29 @@ def verify_command(
             help="Hash payloads that have a recorded checksum (a full read of each).",
         ),
     ] = True,
+    refingerprint: Annotated[
+        bool,
+        typer.Option(
+            "--refingerprint",
+            help="Re-record the fingerprint (file sizes and modification times) of every "
+            "payload whose fingerprint changed, e.g. after copying the store with cp -r. A "
+            "payload with a recorded checksum is re-recorded only if its content still matches "
+            "it; one that does not stays reported as corrupt.",
+        ),
+    ] = False,
 ) -> None:
     """Check that every artifact's payload is present and unchanged.
 
-    Exits with status 1 if a payload is missing, modified or corrupt (after --repair: if any
-    problem remains), 2 if the check itself failed.
+    Exits with status 1 if a payload is missing, modified or corrupt (after --repair or
+    --refingerprint: if any problem remains), 2 if the check could not run (not a store, an
+    unreachable database...).
     """
     err = stderr()
-    with user_errors(), where.open(readonly=not repair) as opened:
+    with user_errors(), where.open(readonly=not (repair or refingerprint)) as opened:
         with progress_bar(err) as progress:
-            report = opened.verify(checksums=checksums, progress=progress)
+            report = opened.verify(
+                checksums=checksums, refingerprint=refingerprint, progress=progress
+            )
         dropped: list[str] = []
         if repair and report.missing:
             question = f"Drop the rows of {len(report.missing)} artifacts whose payload is gone?"
@@ -133,14 +152,17 @@ def verify_command(
                     dropped = opened.repair(report.missing, progress=progress)
             else:
                 err.print("nothing repaired")
+    # (re-recorded fingerprints are not problems: only dropped rows are resolved here)
     gone = set(dropped)
     remaining = [p for p in report.problems if p.key not in gone]
     if as_json:
         print_json(
             {
                 "checked": report.checked,
-                "problems": [vars(p) for p in report.problems],
+                "ok": not remaining,
+                "problems": [_problem(p) for p in report.problems],
                 "repaired": dropped,
+                "refingerprinted": list(report.refingerprinted),
             }
         )
     elif report.problems:
@@ -148,21 +170,57 @@ def verify_command(
         for problem in report.problems:
             state = " (row dropped)" if problem.key in gone else ""
             found.add_row(problem.key, problem.problem + state, problem.detail)
-        stdout().print(found)
+        print_table(found)
     err.print(
         f"checked {report.checked} artifacts: {len(report.missing)} missing, "
         f"{len(report.damaged)} modified or corrupt"
-        + (f", {len(dropped)} rows dropped" if dropped else ""),
+        + (f", {len(dropped)} rows dropped" if dropped else "")
+        + (
+            f", {len(report.refingerprinted)} fingerprints re-recorded"
+            if report.refingerprinted
+            else ""
+        ),
         markup=False,
         soft_wrap=True,
     )
     if remaining:
-        if report.missing and not repair:
+        kinds = {p.problem for p in remaining}
+        if "missing" in kinds and not repair:
             err.print(
                 "run `xpersist-sql verify --repair` to drop the rows of missing payloads",
                 soft_wrap=True,
             )
+        if "modified" in kinds and not refingerprint:
+            err.print(
+                "if the store was copied or moved (cp -r changes modification times), run "
+                "`xpersist-sql verify --refingerprint` to re-record the fingerprints",
+                soft_wrap=True,
+            )
         raise typer.Exit(EXIT_PROBLEMS)
+
+
+def _problem(problem: VerifyProblem) -> dict[str, str]:
+    return {"key": problem.key, "problem": problem.problem, "detail": problem.detail}
+
+
+def _gc_item(item: GcItem) -> dict[str, Any]:
+    return {"kind": item.kind, "path": item.path, "size_bytes": item.size_bytes}
+
+
+def _evicted(item: EvictedItem) -> dict[str, Any]:
+    return {
+        "key": item.key,
+        "size_bytes": item.size_bytes,
+        "last_used": item.last_used.isoformat(),
+    }
+
+
+def _option_value(option: str, parse: Callable[[str], T], text: str) -> T:
+    """Return ``parse(text)``; a ValueError names the option (``--older-than '1e400': ...``)."""
+    try:
+        return parse(text)
+    except ValueError as exc:
+        raise ValueError(f"{option} {text!r}: {exc}") from None
 
 
 # -- evict -----------------------------------------------------------------------------------
@@ -171,7 +229,11 @@ def verify_command(
 def evict_command(
     max_size: Annotated[
         str,
-        typer.Option("--max-size", help="Evict until the store fits: bytes or 500MB, 50GB, 2TiB."),
+        typer.Option(
+            "--max-size",
+            metavar="SIZE",
+            help="Evict until the store fits: bytes or 500MB, 50GB, 2TiB.",
+        ),
     ],
     where: StoreOptions,
     dry_run: Annotated[
@@ -182,7 +244,7 @@ def evict_command(
     """Evict least-recently-used artifacts (expired ones first) until the store fits."""
     err = stderr()
     with user_errors():
-        limit = parse_size(max_size)
+        limit = _option_value("--max-size", parse_size, max_size)
         with where.open(readonly=dry_run) as opened, progress_bar(err) as progress:
             report = opened.evict(limit, dry_run=dry_run, progress=progress)
     if as_json:
@@ -192,21 +254,16 @@ def evict_command(
                 "max_size": report.max_size,
                 "size_before": report.size_before,
                 "size_after": report.size_after,
-                "evicted": [
-                    {
-                        "key": item.key,
-                        "size_bytes": item.size_bytes,
-                        "last_used": item.last_used.isoformat(),
-                    }
-                    for item in report.evicted
-                ],
+                "freed_bytes": report.freed_bytes,
+                "evicted": [_evicted(item) for item in report.evicted],
+                "skipped": [_evicted(item) for item in report.skipped],
             }
         )
     elif report.evicted:
         found = table("KEY", "SIZE", "LAST USED (UTC)")
         for item in report.evicted:
             found.add_row(item.key, size(item.size_bytes), when(item.last_used))
-        stdout().print(found)
+        print_table(found)
     verb = "would evict" if dry_run else "evicted"
     err.print(
         f"{verb} {len(report.evicted)} artifacts ({size(report.freed_bytes)}): "
@@ -248,7 +305,9 @@ def _check_legacy_layout(path: str) -> None:
 
 @app.command("import-legacy")
 def import_legacy_command(
-    path: Annotated[str, typer.Argument(help="Root of a store written by xpersist 2021.")],
+    path: Annotated[
+        str, typer.Argument(metavar="PATH", help="Root of a store written by xpersist 2021.")
+    ],
     db: DbOpt = None,
     strict: Annotated[
         bool,
@@ -277,7 +336,7 @@ def import_legacy_command(
         found = table("SIDECAR", "KEY", "PROBLEM", "DETAIL")
         for issue in issues:
             found.add_row(issue.sidecar, issue.key or "", issue.problem, issue.detail)
-        stdout().print(found)
+        print_table(found)
     err.print(
         f"{report.sidecars} sidecars: imported {len(report.imported)}, "
         f"{len(report.already_indexed)} already indexed, {len(report.skipped)} skipped, "

@@ -16,7 +16,9 @@ from ._common import (
     StoreOptions,
     artifact_table,
     option_groups,
+    parse_count,
     print_json,
+    print_table,
     size,
     stderr,
     stdout,
@@ -34,7 +36,10 @@ def list_artifacts(
     where: StoreOptions,
     filters: QueryFilters,
     limit: Annotated[
-        int | None, typer.Option("--limit", "-n", help="Show at most this many.")
+        str | None,
+        typer.Option(
+            "--limit", "-n", metavar="N", help="Show at most this many.", show_default=False
+        ),
     ] = None,
     oldest: Annotated[bool, typer.Option("--oldest", help="Oldest first.")] = False,
     include_expired: ExpiredOpt = False,  # (a filter: listed here, after --limit and --oldest)
@@ -43,14 +48,15 @@ def list_artifacts(
     """List the artifacts matching the filters, newest first (all of them without filters)."""
     with user_errors():
         query = filters.query()
+        count = None if limit is None else parse_count("--limit", limit)
         with where.open(readonly=True) as opened:
             order = "oldest" if oldest else "newest"
-            artifacts = opened.query(**query, limit=limit, order=order)
+            artifacts = opened.query(**query, limit=count, order=order)
     if as_json:
         print_json([artifact.model_dump(mode="json") for artifact in artifacts])
         return
     if artifacts:
-        stdout().print(artifact_table(artifacts))
+        print_table(artifact_table(artifacts))
     noun = "artifact" if len(artifacts) == 1 else "artifacts"
     stderr().print(f"{len(artifacts)} {noun}")
 
@@ -62,7 +68,7 @@ app.command("query", help="Same as ls: list the artifacts matching the filters."
 @app.command("show")
 @option_groups()
 def show(
-    key: Annotated[str, typer.Argument(help="The artifact's key.")],
+    key: Annotated[str, typer.Argument(metavar="KEY", help="The artifact's key.")],
     where: StoreOptions,
     as_json: JsonOpt = False,
 ) -> None:
@@ -82,7 +88,7 @@ def show(
         if name == "size_bytes" and isinstance(value, int):
             text = f"{value} ({size(value)})"
         result.add_row(name, text)
-    stdout().print(result)
+    print_table(result)
 
 
 @app.command("stats")
@@ -115,4 +121,4 @@ def stats(where: StoreOptions, filters: QueryFilters, as_json: JsonOpt = False) 
             value = "(none)" if row.value is None else row.value
             result.add_row(value, str(row.count), size(row.size_bytes))
         out.print()
-        out.print(result)
+        print_table(result)

@@ -18,6 +18,7 @@ from ._common import (
     option_groups,
     print_error,
     print_json,
+    print_table,
     size,
     stderr,
     stdout,
@@ -34,7 +35,8 @@ EXIT_DECLINED = 1
 @option_groups()
 def remove(
     keys: Annotated[
-        list[str] | None, typer.Argument(help="Keys to delete.", show_default=False)
+        list[str] | None,
+        typer.Argument(metavar="KEY", help="Keys to delete.", show_default=False),
     ] = None,
     *,
     where: StoreOptions,
@@ -95,7 +97,6 @@ def _remove(
 ) -> None:
     # With --json, stdout carries only the JSON document: tables and prompts go to stderr.
     err = stderr()
-    out = err if as_json else stdout()
     if query_filters is not None:
         matches = store.query(**query_filters)
         if not matches:
@@ -105,7 +106,10 @@ def _remove(
             return
         keys = [artifact.key for artifact in matches]
         if not dry_run:
-            out.print(artifact_table(matches))
+            if as_json:
+                err.print(artifact_table(matches))
+            else:
+                print_table(artifact_table(matches))
             total = sum(artifact.size_bytes or 0 for artifact in matches)
             question = f"Delete these {len(keys)} artifacts ({size(total)})?"
             if not yes and not confirm(question):
@@ -127,7 +131,7 @@ def _remove(
         deleted.append(name)
         freed += artifact.size_bytes or 0
         if not as_json:
-            out.print(f"{'would delete' if dry_run else 'deleted'} {name}", markup=False)
+            stdout().print(f"{'would delete' if dry_run else 'deleted'} {name}", markup=False)
     if as_json:
         _report(dry_run=dry_run, deleted=deleted, freed=freed, failures=failures)
     if len(keys) > 1 or not failures:

@@ -3,22 +3,43 @@
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import time
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL, ExceptionContext, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.exc import OperationalError as SQLOperationalError
+
+from ..errors import IndexUnavailableError, MissingDependencyError
 
 __all__ = [
+    "DATABASE_URL_ENV",
     "SQLITE_BUSY_TIMEOUT_MS",
+    "SUPPORTED_URLS",
+    "check_database_url",
     "create_index_engine",
     "network_filesystem_type",
+    "redact_options",
     "redact_url",
     "sqlite_path",
 ]
+
+#: The environment variable holding the default index URL.
+DATABASE_URL_ENV = "XPERSIST_SQL_DATABASE_URL"
+#: The index URLs xpersist_sql works with, as messages name them.
+SUPPORTED_URLS = (
+    "'sqlite:////absolute/path/index.sqlite' (one machine) or "
+    "'postgresql+psycopg://user@host:5432/dbname' (postgresql:// and postgres:// are read as "
+    "postgresql+psycopg://)"
+)
+#: Seconds a PostgreSQL connection attempt may take (unless the URL sets ``connect_timeout``).
+PG_CONNECT_TIMEOUT = 15
 
 SQLITE_BUSY_TIMEOUT_MS = 60_000
 NETWORK_FILESYSTEMS = frozenset(
@@ -47,9 +68,103 @@ NETWORK_FILESYSTEMS = frozenset(
 WRITE_OPTION = "xpersist_write"
 
 
+#: Names of URL query parameters and storage options whose values are secrets.
+_SECRET_NAME = re.compile(
+    r"pass|pwd|secret|token|key|credential|auth|sas|signature|connection_?str|session|cookie",
+    re.IGNORECASE,
+)
+_USERINFO_PASSWORD = re.compile(r"(?P<head>//[^/?#@:]*:)[^/?#@]*@")
+_HIDDEN = "***"
+_PLACEHOLDER = "XPERSISTSQLREDACTED"
+
+
 def redact_url(url: str | URL) -> str:
-    """Return the URL as a string with its password hidden."""
-    return make_url(url).render_as_string(hide_password=True)
+    """Return the URL as a string with its secrets hidden.
+
+    The password of the user part and the values of query parameters that hold secrets
+    (``?password=``, ``sslpassword``, ``token``...) are shown as ``***``.
+
+    Examples
+    --------
+    >>> redact_url("postgresql+psycopg://me:pw@db/cache?password=pw&sslmode=require")
+    'postgresql+psycopg://me:***@db/cache?password=***&sslmode=require'
+    """
+    try:
+        parsed = make_url(url)
+    except ArgumentError:  # not a URL SQLAlchemy reads: hide what looks like a password
+        return _USERINFO_PASSWORD.sub(rf"\g<head>{_HIDDEN}@", str(url))
+    secret = [name for name in parsed.query if _SECRET_NAME.search(name)]
+    if secret:
+        parsed = parsed.update_query_dict(dict.fromkeys(secret, _PLACEHOLDER))
+    return parsed.render_as_string(hide_password=True).replace(_PLACEHOLDER, _HIDDEN)
+
+
+def redact_options(options: Any) -> Any:
+    """Return a copy of fsspec ``storage_options`` fit to show: secret values replaced by ``***``.
+
+    An option whose name looks secret (``key``, ``secret``, ``token``, ``password``,
+    ``account_key``, ``sas_token``, ``connection_string``...) is hidden; nested options
+    (``client_kwargs``, ``config_kwargs``, ``headers``) are looked into, and a password in a URL
+    value (``endpoint_url``) is hidden too.
+
+    Examples
+    --------
+    >>> redact_options({"key": "AKIA", "client_kwargs": {"endpoint_url": "http://s3:9000"}})
+    {'key': '***', 'client_kwargs': {'endpoint_url': 'http://s3:9000'}}
+    """
+    if isinstance(options, Mapping):
+        return {
+            name: _HIDDEN
+            if isinstance(name, str) and _SECRET_NAME.search(name) and value is not None
+            else redact_options(value)
+            for name, value in options.items()
+        }
+    if isinstance(options, (list, tuple)):
+        return type(options)(redact_options(item) for item in options)
+    if isinstance(options, str):
+        return _USERINFO_PASSWORD.sub(rf"\g<head>{_HIDDEN}@", options)
+    return options
+
+
+def check_database_url(url: str | URL) -> URL:
+    """Parse an index URL and check that xpersist_sql can use it.
+
+    ``postgres://`` (as psql and Heroku write it) and ``postgresql://`` are read as
+    ``postgresql+psycopg://``, the supported driver.
+
+    Raises
+    ------
+    ValueError
+        If ``url`` is not a database URL, names an unknown driver, an asyncio driver, or a
+        database other than SQLite and PostgreSQL; the message names the supported URLs.
+    """
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ValueError(
+            f"cannot read {redact_url(url)!r} as a database URL; use {SUPPORTED_URLS}"
+        ) from None
+    backend, _, driver = parsed.drivername.partition("+")
+    if backend in ("postgres", "postgresql"):
+        parsed = parsed.set(drivername=f"postgresql+{driver or 'psycopg'}")
+    shown = redact_url(parsed)
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise ValueError(
+            f"unsupported index database {shown!r}: the index of a store is a SQLite file or a "
+            f"PostgreSQL database; use {SUPPORTED_URLS}"
+        )
+    try:
+        dialect = parsed.get_dialect()
+    except NoSuchModuleError:
+        raise ValueError(
+            f"unknown database driver {parsed.drivername!r} in {shown!r}; use {SUPPORTED_URLS}"
+        ) from None
+    if getattr(dialect, "is_async", False):
+        raise ValueError(
+            f"the driver {parsed.drivername!r} of {shown!r} is an asyncio driver, which the "
+            f"index cannot use; use {SUPPORTED_URLS}"
+        )
+    return parsed
 
 
 def sqlite_path(url: str | URL) -> Path | None:
@@ -199,21 +314,83 @@ def _sqlite_engine(url: URL, *, readonly: bool = False) -> Engine:
     return engine
 
 
+def _first_lines(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return "; ".join(lines[:3]) or type(error).__name__
+
+
+def _unavailable(url: URL, error: BaseException) -> IndexUnavailableError:
+    """Return the error for an index that cannot be connected to (``error``: the driver's)."""
+    shown = redact_url(url)
+    db_file = sqlite_path(url)
+    if url.get_backend_name() == "sqlite":
+        where = f"the SQLite index {db_file or shown}"
+        check = (
+            "Check that its directory exists and that this process may read and write there "
+            "(a cache shared read-only: CacheStore(..., readonly=True)), and that no other "
+            "process keeps the database locked"
+        )
+    else:
+        where = f"the index database {shown}"
+        check = (
+            f"Check that the server is running and reachable at {url.host or 'localhost'}:"
+            f"{url.port or 5432} (host, port, firewall, VPN), that the user, password and "
+            "database name are right, and that this is the URL you meant (database_url=, "
+            f"--db or ${DATABASE_URL_ENV})"
+        )
+    detail = _first_lines(error)
+    stop = "" if detail.endswith((".", "?", "!")) else "."
+    return IndexUnavailableError(f"cannot connect to {where}: {detail}{stop} {check}")
+
+
+def _refuse_unavailable(engine: Engine, url: URL) -> None:
+    """Turn a failure to connect (not a failing statement) into :class:`IndexUnavailableError`.
+
+    A pooled connection found dead by the pre-ping is left alone: the pool reconnects.
+    """
+
+    @event.listens_for(engine, "handle_error")
+    def _on_error(context: ExceptionContext) -> None:
+        if (
+            context.connection is None
+            and not context.is_pre_ping
+            and isinstance(context.sqlalchemy_exception, SQLOperationalError)
+        ):
+            raise _unavailable(url, context.original_exception) from context.original_exception
+
+
 def create_index_engine(url: str | URL, *, readonly: bool = False) -> Engine:
     """Create the engine for an index database URL.
 
     SQLite gets WAL, a busy timeout, foreign keys and ``BEGIN IMMEDIATE`` for writes;
     PostgreSQL a small pre-pinged pool. ``readonly`` opens a SQLite file read-only (no WAL
-    switch, no directory created, nothing written).
+    switch, no directory created, nothing written). A connection that cannot be made raises
+    :class:`~xpersist_sql.IndexUnavailableError`.
+
+    Raises
+    ------
+    ValueError
+        For a URL xpersist_sql cannot use (see :func:`check_database_url`).
+    MissingDependencyError
+        If the database driver is not installed.
     """
-    parsed = make_url(url)
+    parsed = check_database_url(url)
     backend = parsed.get_backend_name()
-    if backend == "sqlite":
-        return _sqlite_engine(parsed, readonly=readonly)
-    if backend == "postgresql" and parsed.drivername == "postgresql":
-        # psycopg 3 is the supported driver; a bare postgresql:// would pick psycopg2.
-        parsed = parsed.set(drivername="postgresql+psycopg")
-    kwargs: dict[str, Any] = {"pool_pre_ping": True}
-    if backend == "postgresql":
-        kwargs.update(pool_size=5, max_overflow=10, pool_recycle=1800)
-    return create_engine(parsed, **kwargs)
+    try:
+        if backend == "sqlite":
+            engine = _sqlite_engine(parsed, readonly=readonly)
+        else:
+            kwargs: dict[str, Any] = {"pool_pre_ping": True}
+            if backend == "postgresql":
+                kwargs.update(pool_size=5, max_overflow=10, pool_recycle=1800)
+                if "connect_timeout" not in parsed.query:
+                    kwargs["connect_args"] = {"connect_timeout": PG_CONNECT_TIMEOUT}
+            engine = create_engine(parsed, **kwargs)
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"the index database {redact_url(parsed)} needs the Python package "
+            f"{exc.name or 'of its driver'!r}, which is not installed: pip install "
+            f"'xpersist_sql[postgres]' and use a postgresql+psycopg:// URL"
+        ) from exc
+    _refuse_unavailable(engine, parsed)
+    return engine

@@ -12,8 +12,12 @@ the wheel as ``xpersist_sql/_migrations``). Opening a store checks the database'
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
+import io
+import re
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,9 +27,10 @@ import fsspec
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
+from alembic.script import Script, ScriptDirectory
+from alembic.script.revision import RevisionError
 from alembic.util.exc import CommandError
-from sqlalchemy import Connection, Engine, inspect, text
+from sqlalchemy import Connection, Engine, inspect, make_url, text
 
 from .._version import __version__
 from ..errors import SchemaVersionError, StoreNotFoundError
@@ -34,14 +39,23 @@ from .engine import WRITE_OPTION, create_index_engine, redact_url, sqlite_path
 from .tables import ARTIFACTS
 
 __all__ = [
+    "ONLINE_ONLY_REVISIONS",
     "VERSION_TABLE",
+    "SchemaDrift",
     "alembic_config",
+    "check_target",
     "current_revision",
+    "db_command",
     "downgrade",
     "ensure_schema",
     "head_revision",
+    "is_known_revision",
+    "known_revisions",
+    "migration_sql",
     "migrations_dir",
+    "newer_revision_message",
     "run_alembic",
+    "schema_drift",
     "schema_lock",
     "schema_state",
     "upgrade",
@@ -241,25 +255,13 @@ def ensure_schema(engine: Engine, *, store: str | None = None, readonly: bool = 
             "table; it was not created by xpersist_sql's migrations. Point the store at "
             "another database, or stamp it with Alembic."
         )
-    head = head_revision()
-    script = ScriptDirectory.from_config(alembic_config())
-    try:
-        script.get_revision(current)
-        known = True
-    except CommandError:
-        known = False
-    if known:
+    if is_known_revision(current):
         raise SchemaVersionError(
             f"{_describe(url, store)} is at schema revision {current!r}, but xpersist_sql "
-            f"{__version__} needs revision {head!r}. Upgrade it (back it up first if it is "
-            f"shared) with: {_upgrade_hint(url, store)}"
+            f"{__version__} needs revision {head_revision()!r}. Upgrade it (back it up first "
+            f"if it is shared) with: {_upgrade_hint(url, store)}"
         )
-    raise SchemaVersionError(
-        f"{_describe(url, store)} is at schema revision {current!r}, which this xpersist_sql "
-        f"({__version__}, head {head!r}) does not know: it was upgraded by a newer version. "
-        "Upgrade the package (pip install -U xpersist_sql), or downgrade the index with the "
-        f"newer version: xpersist-sql db downgrade {head}"
-    )
+    raise SchemaVersionError(newer_revision_message(url, store, current))
 
 
 def embedded_root(url: str) -> str | None:
@@ -338,7 +340,7 @@ def downgrade(url: str, revision: str) -> tuple[str | None, str | None]:
     Returns
     -------
     tuple
-        The revision before and after (None: no schema).
+        As :func:`upgrade`: the revisions before and after.
 
     Raises
     ------
@@ -365,3 +367,255 @@ def _migrate(
     finally:
         engine.dispose()
     return before, after
+
+
+# -- for the ``xpersist-sql db`` commands: revision checks, offline SQL, schema drift ------------
+#: Revisions whose migration reads the index's rows, so that their SQL cannot be written before
+#: it meets the database (revision 0004 gives the existing rows to their store).
+ONLINE_ONLY_REVISIONS = frozenset({"0004"})
+_SPECIAL_TARGETS = frozenset({"head", "heads", "base"})
+_TARGET = re.compile(r"(?P<base>.*?)(?P<step>[+-]\d+)?")
+
+
+def _script() -> ScriptDirectory:
+    return ScriptDirectory.from_config(alembic_config())
+
+
+def known_revisions() -> list[str]:
+    """Return the ids of the packaged revisions, oldest first."""
+    return [script.revision for script in reversed(list(_script().walk_revisions()))]
+
+
+def is_known_revision(revision: str) -> bool:
+    """Return whether ``revision`` is the id of a packaged revision."""
+    return revision in known_revisions()
+
+
+def check_target(revision: str) -> None:
+    """Check that ``revision`` names a target Alembic can resolve in the packaged migrations.
+
+    Accepted: ``head``, ``base``, a revision id, and relative steps (``+1``, ``-1``,
+    ``head-1``, ``0002+1``).
+
+    Raises
+    ------
+    ValueError
+        Naming the revisions this version knows, for an id it does not know or a range.
+    """
+    known = known_revisions()
+    forms = (
+        f"give head, base, a revision this xpersist_sql knows ({', '.join(known)}) or a step "
+        "such as +1 or -1"
+    )
+    if ":" in revision:
+        raise ValueError(f"{revision!r} is a range of revisions; {forms}")
+    match = _TARGET.fullmatch(revision.strip())
+    assert match is not None  # the pattern matches any text
+    base, step = match["base"], match["step"]
+    if (base in _SPECIAL_TARGETS and (base != "base" or step is None)) or (
+        not base and step is not None
+    ):
+        return
+    if base not in known:
+        raise ValueError(
+            f"unknown revision {revision!r}: xpersist_sql {__version__} does not know it "
+            f"(a newer xpersist_sql may); {forms}"
+        )
+
+
+def db_command(action: str, url: str, store: str | None, *args: str) -> str:
+    """Return an ``xpersist-sql db ACTION [ARGS]`` command line for an index (password hidden).
+
+    ``--store`` is named when the store is known, ``--db`` unless the index is the store's
+    embedded one.
+    """
+    words = ["xpersist-sql", "db", action, *args]
+    if store:
+        words += ["--store", store]
+    if not store or embedded_root(url) is None:
+        words += ["--db", f"'{redact_url(url)}'"]
+    return " ".join(words)
+
+
+def newer_revision_message(url: str, store: str | None, current: str) -> str:
+    """Say that the index at ``url`` is at ``current``, a revision from a newer xpersist_sql."""
+    head = head_revision()
+    return (
+        f"{_describe(redact_url(url), store)} is at schema revision {current!r}, which "
+        f"xpersist_sql {__version__} (head {head!r}) does not know: it was upgraded by a newer "
+        "xpersist_sql. Upgrade this package (pip install -U xpersist_sql), or downgrade the "
+        f"index with that newer version: {db_command('downgrade', url, store, head)}"
+    )
+
+
+def migration_sql(
+    url: str, action: str, revision: str, *, start: str | None, store: str | None = None
+) -> str:
+    """Return the SQL that takes an index at ``start`` to ``revision`` (Alembic's offline mode).
+
+    Nothing is read from or written to the database: ``url`` only selects the SQL dialect.
+
+    Parameters
+    ----------
+    url : str
+        SQLAlchemy URL of the index (its dialect).
+    action : {"upgrade", "downgrade"}
+        The direction.
+    revision : str
+        Target revision (``head``, an id, ``base``, ``+1``...).
+    start : str or None
+        The revision the database is at (None: an empty database).
+    store : str, optional
+        Root of the store the index belongs to, named in the commands messages advise.
+
+    Returns
+    -------
+    str
+        The SQL script; empty when the index is already at ``revision``.
+
+    Raises
+    ------
+    ValueError
+        If ``revision`` is not in the direction of ``action`` from ``start``, the steps include
+        a revision whose SQL depends on the index's rows (:data:`ONLINE_ONLY_REVISIONS`), or
+        the dialect cannot write a step without the live database (SQLite rebuilding a table).
+    """
+    script = _script()
+    try:
+        if action == "upgrade":
+            steps = list(script.iterate_revisions(revision, start or "base"))
+        else:
+            steps = list(script.iterate_revisions(start or "base", revision))
+    except RevisionError:
+        way = "above" if action == "upgrade" else "below"
+        other = "downgrade" if action == "upgrade" else "upgrade"
+        raise ValueError(
+            f"cannot {action} from {start or 'an empty database'} to {revision!r}: it is not "
+            f"{way} {start or 'base'} (to go the other way, use db {other})"
+        ) from None
+    if not steps:
+        return ""
+    if any(step.revision in ONLINE_ONLY_REVISIONS for step in steps):
+        raise ValueError(_online_only(action, url, store, revision, steps))
+    span = f"{start or 'base'}:{revision}" if start or action == "downgrade" else revision
+    buffer = io.StringIO()
+    config = alembic_config(url=url)
+    config.output_buffer = buffer
+    try:
+        getattr(command, action)(config, span, sql=True)
+    except CommandError as exc:
+        if "--sql mode" not in str(exc):
+            raise
+        raise ValueError(
+            f"the SQL to {action} a {make_url(url).get_backend_name()} index from "
+            f"{start or 'an empty database'} to {revision} cannot be written in advance: on "
+            "this database a step rebuilds a table, which needs the live database. Run "
+            f"`{db_command(action, url, store, revision)}` against the database instead"
+        ) from None
+    return buffer.getvalue()
+
+
+def _online_only(
+    action: str, url: str, store: str | None, revision: str, steps: list[Script]
+) -> str:
+    """Say that a step's SQL cannot be written in advance, and how to migrate past it.
+
+    ``steps`` run from the highest revision down (Alembic's order), upgrading or downgrading.
+    """
+    step = next(s for s in reversed(steps) if s.revision in ONLINE_ONLY_REVISIONS)
+    below = str(step.down_revision or "base")
+    text = (
+        f"the SQL of revision {step.revision} cannot be written in advance: its migration "
+        "reads the index's rows (to give them to their store) and decides what to write from "
+        "them. "
+    )
+    if action == "upgrade":
+        if steps[-1] is not step:  # revisions below it to write first
+            first = db_command("upgrade", url, store, below, "--sql")
+            text += f"Write the SQL up to revision {below} (`{first}`), then "
+        live = db_command("upgrade", url, store or "ROOT", step.revision)
+        text += f"run `{live}` against the database itself (back it up first)"
+        if steps[0] is not step:  # revisions above it
+            rest = db_command("upgrade", url, store, revision, "--sql", "--from", step.revision)
+            text += f", then write the rest with `{rest}`"
+        return text
+    live = db_command("downgrade", url, store, below)
+    text += f"Run `{live}` against the database itself (back it up first)"
+    if steps[-1] is not step:  # revisions below it
+        rest = db_command("downgrade", url, store, revision, "--sql", "--from", below)
+        text += f", then write the rest with `{rest}`"
+    return text
+
+
+@dataclasses.dataclass(frozen=True)
+class SchemaDrift:
+    """How an index's tables, columns and indexes differ from those of its recorded revision.
+
+    Attributes
+    ----------
+    extra : list of str
+        Objects the index has and the revision does not (``column t.c``, ``index i``,
+        ``table t``): most often half of a later migration.
+    missing : list of str
+        Objects the revision has and the index lacks.
+    drops : list of str
+        The SQL statements that remove the extra objects.
+    """
+
+    extra: list[str]
+    missing: list[str]
+    drops: list[str]
+
+
+def _schema_objects(conn: Connection) -> dict[str, str]:
+    """Return the schema's objects (``table t``, ``column t.c``, ``index i``) and their drop."""
+    inspector = inspect(conn)
+    found: dict[str, str] = {}
+    for name in inspector.get_table_names():
+        if name == VERSION_TABLE:
+            continue
+        found[f"table {name}"] = f"DROP TABLE {name}"
+        for column in inspector.get_columns(name):
+            found[f"column {name}.{column['name']}"] = (
+                f"ALTER TABLE {name} DROP COLUMN {column['name']}"
+            )
+        for index in inspector.get_indexes(name):
+            if index["name"] and not index.get("duplicates_constraint"):
+                found[f"index {index['name']}"] = f"DROP INDEX {index['name']}"
+    return found
+
+
+def schema_drift(url: str, revision: str | None) -> SchemaDrift:
+    """Compare the index at ``url`` with the schema the packaged migrations give ``revision``.
+
+    The expected schema is built by migrating a scratch SQLite database; names (not types) of
+    tables, columns and indexes are compared, so a PostgreSQL index compares too. Nothing is
+    written to the index.
+    """
+    engine = create_index_engine(url, readonly=True)
+    try:
+        with engine.connect() as conn:
+            actual = _schema_objects(conn)
+    finally:
+        engine.dispose()
+    with tempfile.TemporaryDirectory(prefix="xpersist_sql_schema_") as scratch:
+        reference = create_index_engine(f"sqlite:///{Path(scratch) / INDEX_FILENAME}")
+        try:
+            if revision is not None:
+                run_alembic(reference, "upgrade", revision)
+            with reference.connect() as conn:
+                expected = _schema_objects(conn)
+        finally:
+            reference.dispose()
+    extra_tables = {name for name in actual if name.startswith("table ") and name not in expected}
+
+    def in_extra_table(name: str) -> bool:
+        table = name.split(" ", 1)[1].split(".", 1)[0]
+        return name.startswith("column ") and f"table {table}" in extra_tables
+
+    extra = sorted(name for name in actual if name not in expected and not in_extra_table(name))
+    # indexes before columns before tables: the order their drops must run in
+    order = {"index": 0, "column": 1, "table": 2}
+    extra.sort(key=lambda name: order[name.split(" ", 1)[0]])
+    missing = sorted(name for name in expected if name not in actual)
+    return SchemaDrift(extra=extra, missing=missing, drops=[actual[name] for name in extra])

@@ -1,6 +1,11 @@
 """Integrity checks: every row of the store has its payload, and the payload is what was stored.
 
 Rows whose key is not a valid key are reported (``invalid key``) and never read or acted on.
+
+``refingerprint=True`` re-records the fingerprint (sizes, modification times or ETags) of
+payloads whose files were rewritten by a legitimate copy (``cp -r``, ``rsync`` without
+``--times``, a restore from backup): where a sha256 checksum was recorded, only if the content
+still matches it; without one, the caller vouches for the content.
 """
 
 from __future__ import annotations
@@ -9,9 +14,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from ..backend import StoreBackend
+from ..db.index import ArtifactIndex
 from ..errors import InvalidKeyError
 from ..models import Artifact
-from ..storage import PayloadStorage
+from ..storage import PayloadStat, PayloadStorage
 
 __all__ = ["VerifyProblem", "VerifyReport", "repair_missing", "verify"]
 
@@ -57,11 +63,16 @@ class VerifyReport:
         Missing, modified and corrupt payloads and invalid keys, by key.
     repaired : list of str
         Keys whose rows were dropped (``verify(repair=True)``).
+    refingerprinted : list of str
+        Keys whose fingerprint and size were re-recorded (``verify(refingerprint=True)``):
+        their payload's files had changed on disk but not their content (by checksum, where
+        one was recorded).
     """
 
     checked: int = 0
     problems: list[VerifyProblem] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)
+    refingerprinted: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -95,40 +106,79 @@ def _describe_change(recorded: str, current: str) -> str:
     return f"payload files were rewritten since it was stored ({now}, other modification times)"
 
 
-def _check_row(
-    storage: PayloadStorage, artifact: Artifact, checksums: bool
-) -> VerifyProblem | None:
+@dataclass(frozen=True)
+class _Checked:
+    """What one row's check found: a problem, and the stat a re-fingerprint would record."""
+
+    problem: VerifyProblem | None = None
+    stale: PayloadStat | None = None  # the fingerprint changed, the content did not (or unknown)
+
+
+def _check_row(storage: PayloadStorage, artifact: Artifact, checksums: bool) -> _Checked:
     key = artifact.key
     try:
         path = storage.check_path(key)
     except InvalidKeyError as exc:
-        return VerifyProblem(key, "invalid key", str(exc))
+        return _Checked(VerifyProblem(key, "invalid key", str(exc)))
+    missing = _Checked(VerifyProblem(key, "missing", f"no payload at {storage.url(key)}"))
     if not storage.exists(key):
-        return VerifyProblem(key, "missing", f"no payload at {storage.url(key)}")
+        return missing
     try:
         stat = storage.stat(path)
     except FileNotFoundError:
-        return VerifyProblem(key, "missing", f"no payload at {storage.url(key)}")
+        return missing
     fingerprint_ok = artifact.fingerprint is None or stat.fingerprint == artifact.fingerprint
+    stale = None if fingerprint_ok else stat
     if artifact.checksum and (checksums or not fingerprint_ok):
         digest = storage.checksum(path)
         if digest != artifact.checksum:
-            return VerifyProblem(
-                key, "corrupt", f"checksum {digest} differs from the recorded {artifact.checksum}"
-            )
-        return None
-    if not fingerprint_ok:
+            detail = f"checksum {digest} differs from the recorded {artifact.checksum}"
+            return _Checked(VerifyProblem(key, "corrupt", detail))
+        return _Checked(stale=stale)  # same content: a stale fingerprint is not a problem
+    if stale is not None:
         assert artifact.fingerprint is not None
-        return VerifyProblem(
-            key, "modified", _describe_change(artifact.fingerprint, stat.fingerprint)
-        )
-    return None
+        detail = _describe_change(artifact.fingerprint, stale.fingerprint)
+        return _Checked(VerifyProblem(key, "modified", detail), stale)
+    return _Checked()
+
+
+def _refingerprint(
+    index: ArtifactIndex, storage: PayloadStorage, artifact: Artifact, checked: PayloadStat
+) -> bool:
+    """Record ``checked`` as the fingerprint of ``artifact``'s row if nothing moved meanwhile.
+
+    In one write transaction the row is read again: it must still be the row that was checked
+    (same ``created_at``, fingerprint and checksum), and the payload must still have the
+    fingerprint it had when it was checked (so the content that was hashed is the content now
+    recorded). A put or delete of the key waits for the transaction, or was seen.
+    """
+    key = artifact.key
+    with index.write() as conn:
+        found = index.fetch(conn, key, for_update=True)
+        if found is None:
+            return False
+        row_id, current = found
+        if (current.created_at, current.fingerprint, current.checksum) != (
+            artifact.created_at,
+            artifact.fingerprint,
+            artifact.checksum,
+        ):
+            return False
+        try:
+            now = storage.stat(storage.path(key))
+        except FileNotFoundError:
+            return False
+        if now != checked:
+            return False
+        index.update_stat(conn, row_id, size_bytes=now.size_bytes, fingerprint=now.fingerprint)
+    return True
 
 
 def verify(
     backend: StoreBackend,
     *,
     checksums: bool = True,
+    refingerprint: bool = False,
     progress: Progress | None = None,
     batch_size: int = 500,
 ) -> VerifyReport:
@@ -142,9 +192,14 @@ def verify(
     Parameters
     ----------
     backend : StoreBackend
-        The store to check (readonly stores too).
+        The store to check (readonly stores too, unless ``refingerprint``).
     checksums : bool
         Hash the content of payloads that have a recorded checksum (a full read of each).
+    refingerprint : bool
+        Re-record the fingerprint and size of payloads whose fingerprint changed but whose
+        content did not: it still matches the recorded checksum or, without one, is taken as
+        unchanged (a ``modified`` payload is then no longer a problem). A ``corrupt`` payload
+        is never re-recorded. The keys go to :attr:`VerifyReport.refingerprinted`.
     progress : callable, optional
         ``progress("verifying", done, total)``.
     batch_size : int
@@ -168,19 +223,25 @@ def verify(
             break
         after = rows[-1][0]
         for _row_id, artifact in rows:
-            problem = _check_row(storage, artifact, checksums)
+            checked = _check_row(storage, artifact, checksums)
+            problem = checked.problem
             if problem is not None and problem.problem != "invalid key":
                 # a concurrent put or delete may have been swapping it: look again
                 fresh = index.get(artifact.key)
-                if fresh is not None and fresh.created_at == artifact.created_at:
-                    problem = _check_row(storage, fresh, checksums)
-                    if problem is not None:
-                        result.problems.append(problem)
-            elif problem is not None:
-                result.problems.append(problem)
+                if fresh is None or fresh.created_at != artifact.created_at:
+                    checked = _Checked()
+                else:
+                    artifact = fresh
+                    checked = _check_row(storage, fresh, checksums)
+            stale = checked.stale if refingerprint else None
+            if stale is not None and _refingerprint(index, storage, artifact, stale):
+                result.refingerprinted.append(artifact.key)
+            elif checked.problem is not None:
+                result.problems.append(checked.problem)
             result.checked += 1
             report("verifying", result.checked, int(total))
     result.problems.sort(key=lambda p: p.key)
+    result.refingerprinted.sort()
     return result
 
 

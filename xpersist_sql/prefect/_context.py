@@ -4,22 +4,35 @@ The context is captured when the key is computed, inside the task run, with Pref
 ``date`` (the flow run's scheduled start), ``today``/``yesterday``/``tomorrow`` (``YYYY-MM-DD``),
 ``flow_name``, ``flow_run_id``, ``flow_run_name``, ``task_name``, ``task_run_id``,
 ``task_run_name``, ``task_tags`` and ``parameters``.
+
+Templates are rendered with names and format specs only (``{parameters[x]}`` one level into
+the parameters, ``{task_tags[0]}``; no attributes, no conversions), widths and precisions at
+most :data:`MAX_FORMAT_WIDTH`: a target cannot reach into objects nor make the process
+allocate gigabytes.
 """
 
 from __future__ import annotations
 
 import inspect
+import re
 import string
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 
 from prefect.context import FlowRunContext, TaskRunContext
 
 from ..errors import XpersistSQLError
 
-__all__ = ["TEMPLATE_NAMES", "RunContext", "TargetTemplateError", "TaskTags", "render_target"]
+__all__ = [
+    "MAX_FORMAT_WIDTH",
+    "TEMPLATE_NAMES",
+    "RunContext",
+    "TargetTemplateError",
+    "TaskTags",
+    "render_target",
+]
 
 #: The names a target template may use, as in Prefect 1.
 TEMPLATE_NAMES: tuple[str, ...] = (
@@ -151,25 +164,128 @@ class RunContext:
         return {name: value for name, value in values.items() if value is not None}
 
 
-class _TargetFormatter(string.Formatter):
-    def __init__(self, template: str) -> None:
-        self.template = template
+#: The largest width or precision a target's format spec may ask for (a path part's length).
+MAX_FORMAT_WIDTH = 255
+#: Names that take one index: ``{parameters[x]}`` (a parameter's value), ``{task_tags[0]}``.
+_INDEXABLE = ("parameters", "task_tags")
+_FIELD = re.compile(r"(?P<name>[^.\[\]]*)(?:\[(?P<index>[^\[\]]+)\])?")
+#: The standard format spec: [[fill]align][sign][z][#][0][width][grouping][.precision][type].
+_STANDARD_SPEC = re.compile(
+    r"(?:.?[<>=^])?[-+ ]?z?#?0?(?P<width>\d+)?[,_]?(?:\.(?P<precision>\d+))?[bcdeEfFgGnosxX%]?",
+    re.DOTALL,
+)
+#: A strftime directive with flags and a width (a glibc extension): ``%10Y``, ``%_5d``.
+_STRFTIME_WIDTH = re.compile(r"%[-_0^#]*(\d+)")
 
-    def get_value(self, key: int | str, args: Any, kwargs: Mapping[str, Any]) -> Any:
-        if isinstance(key, int) or key not in TEMPLATE_NAMES:
-            field_name = "{}" if key == "" or isinstance(key, int) else f"{{{key}}}"
-            raise TargetTemplateError(
-                f"target {self.template!r} uses the unknown name {field_name}; the known names "
-                f"are {', '.join(TEMPLATE_NAMES)}"
+
+class _TargetRenderer:
+    """Render a target template with field names and format specs only.
+
+    A field is a template name, ``{parameters[x]}`` (one level into the parameters) or
+    ``{task_tags[0]}``; no attributes (``{date.year}``), no deeper lookups, no conversions
+    (``!r``), no nested fields in a format spec, and widths and precisions of at most
+    :data:`MAX_FORMAT_WIDTH`, checked before anything is formatted.
+    """
+
+    def __init__(self, template: str, values: Mapping[str, Any], parameters: str) -> None:
+        self.template = template
+        self.values = values
+        self.parameters = parameters  # the parameter names, for messages
+
+    def refuse(self, why: str) -> TargetTemplateError:
+        return TargetTemplateError(f"target {self.template!r} {why}")
+
+    def failed(self, why: str) -> TargetTemplateError:
+        return TargetTemplateError(f"cannot render target {self.template!r}: {why}")
+
+    def render(self) -> str:
+        try:
+            parsed = list(string.Formatter().parse(self.template))
+        except ValueError as exc:
+            raise self.failed(f"{exc} (write {{{{ and }}}} for literal braces)") from None
+        out: list[str] = []
+        for literal, field_name, spec, conversion in parsed:
+            out.append(literal)
+            if field_name is None:
+                continue
+            spec = spec or ""
+            field = f"{{{field_name}}}"
+            if conversion is not None:
+                raise self.refuse(
+                    f"uses the conversion !{conversion} in {{{field_name}!{conversion}}}; "
+                    "a target may use names and format specs only"
+                )
+            if spec and ("{" in spec or "}" in spec):
+                raise self.refuse(
+                    f"nests a field in the format spec of {{{field_name}:{spec}}}; "
+                    "a format spec must be literal"
+                )
+            value = self.lookup(field_name, field)
+            self.check_spec(value, spec, f"{{{field_name}:{spec}}}")
+            try:
+                out.append(format(value, spec))
+            except (ValueError, TypeError) as exc:
+                raise self.failed(f"{{{field_name}:{spec}}}: {type(exc).__name__}: {exc}") from None
+        return "".join(out)
+
+    def lookup(self, field_name: str, field: str) -> Any:
+        match = _FIELD.fullmatch(field_name)
+        name = match["name"] if match else field_name.split(".")[0].split("[")[0]
+        if name not in TEMPLATE_NAMES:
+            shown = "{}" if name == "" else f"{{{name}}}"
+            raise self.refuse(
+                f"uses the unknown name {shown}; the known names are {', '.join(TEMPLATE_NAMES)}"
             )
-        value = kwargs[key]
+        index = match["index"] if match else None
+        if match is None or (index is not None and name not in _INDEXABLE):
+            raise self.refuse(
+                f"uses {field}: a field is a name, {{parameters[x]}} or {{task_tags[0]}}; "
+                "attributes (.name) and further lookups are not allowed (format specs such as "
+                "{date:%Y} are)"
+            )
+        value = self.values[name]
         if value is None:
-            raise TargetTemplateError(
-                f"target {self.template!r} uses {{{key}}}, which this call does not have (a task "
-                "called outside a flow has no flow run); call the task inside a flow or use "
-                "another name"
+            raise self.refuse(
+                f"uses {{{name}}}, which this call does not have (a task called outside a flow "
+                "has no flow run); call the task inside a flow or use another name"
             )
-        return value
+        if index is None:
+            return value
+        if name == "parameters":
+            if index not in value:
+                raise self.failed(
+                    f"KeyError: {index!r} is not a parameter of the task "
+                    f"(the task's parameters are: {self.parameters})"
+                )
+            return value[index]
+        if not index.isdigit() or int(index) >= len(value):
+            raise self.failed(
+                f"IndexError: {field} picks no tag of the task run's "
+                f"{len(value)} tags ({', '.join(value) or 'none'})"
+            )
+        return value[int(index)]
+
+    def check_spec(self, value: Any, spec: str, field: str) -> None:
+        """Refuse a width or precision over the limit before anything is allocated."""
+        if not spec:
+            return
+        if isinstance(value, (date, time)):  # datetime and date: strftime directives
+            numbers = _STRFTIME_WIDTH.findall(spec)
+        else:
+            match = _STANDARD_SPEC.fullmatch(spec)
+            if match is None:
+                raise self.refuse(
+                    f"uses the format spec {spec!r} in {field}, which is not a standard format "
+                    "spec ([[fill]align][sign][0][width][,][.precision][type], e.g. '03d', "
+                    "'>8', '.2f')"
+                )
+            numbers = [number for number in match.group("width", "precision") if number]
+        for number in numbers:
+            if int(number) > MAX_FORMAT_WIDTH:
+                raise self.refuse(
+                    f"asks for a width or precision of {number} in {field}; the limit is "
+                    f"{MAX_FORMAT_WIDTH} (a key's path parts are at most 255 bytes)"
+                )
 
 
 def render_target(target: Target, context: RunContext) -> str:
@@ -191,7 +307,10 @@ def render_target(target: Target, context: RunContext) -> str:
     Raises
     ------
     TargetTemplateError
-        An unknown name, a name the call does not have, a missing parameter or a bad format.
+        An unknown name, a name the call does not have, a missing parameter, a bad format, an
+        attribute or nested lookup (``{parameters[cfg].x}``), a conversion (``!r``), or a
+        width or precision over :data:`MAX_FORMAT_WIDTH` (``{flow_name:>99999}``): targets
+        are rendered with names and format specs only.
 
     Examples
     --------
@@ -212,13 +331,5 @@ def render_target(target: Target, context: RunContext) -> str:
         return key
     if not isinstance(target, str):
         raise TypeError(f"target must be a str or a callable, got {type(target).__name__}")
-    try:
-        return _TargetFormatter(target).vformat(target, (), values)
-    except TargetTemplateError:
-        raise
-    except (KeyError, IndexError, AttributeError, ValueError, TypeError) as exc:
-        known = ", ".join(sorted(context.parameters)) or "none"
-        raise TargetTemplateError(
-            f"cannot render target {target!r}: {type(exc).__name__}: {exc} (the task's "
-            f"parameters are: {known}; the known names are {', '.join(TEMPLATE_NAMES)})"
-        ) from exc
+    known = ", ".join(sorted(context.parameters)) or "none"
+    return _TargetRenderer(target, values, known).render()

@@ -17,7 +17,7 @@ import os
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Generic, TypeVar, cast, overload
+from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
 
 from prefect import State, Task
 from prefect.cache_policies import NO_CACHE
@@ -25,7 +25,6 @@ from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
 from prefect.results import ResultRecord  # type: ignore[attr-defined]
 from prefect.states import Completed
-from typing_extensions import ParamSpec
 
 from ..db.locks import KeyLock
 from ..errors import ArtifactNotFoundError, PayloadLoadError, PayloadMissingError
