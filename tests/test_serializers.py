@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 import uuid
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,12 @@ from xpersist_sql import (
     available_serializers,
     register_serializer,
 )
-from xpersist_sql.serializers import get_serializer, pick_serializer, registry
+from xpersist_sql.serializers import (
+    SerializerPluginWarning,
+    get_serializer,
+    pick_serializer,
+    registry,
+)
 
 BUILT_INS = [
     "json",
@@ -104,6 +111,16 @@ def test_xarray_payloads_open_without_the_library(tmp_path: Path) -> None:
     xr.testing.assert_identical(xr.open_zarr(tmp_path / "s" / "a.zarr").load(), ds)
     with xr.open_dataset(tmp_path / "s" / "b.nc") as opened:
         xr.testing.assert_identical(opened.load(), ds)
+
+
+@pytest.mark.parametrize("name", ["xarray.zarr", "xarray.netcdf"])
+def test_chunks_load_lazily_with_the_dask_extra(any_store: CacheStore, name: str) -> None:
+    dask_array = pytest.importorskip("dask.array", reason="the [dask] extra")
+    ds = make_dataset()
+    any_store.put("chunked", ds, serializer=name)
+    loaded = any_store.get("chunked", load_kwargs={"chunks": {}})
+    assert all(isinstance(var.data, dask_array.Array) for var in loaded.data_vars.values())
+    xr.testing.assert_identical(loaded.load(), ds)
 
 
 def test_parquet_and_csv_payloads_open_with_pandas(tmp_path: Path) -> None:
@@ -206,6 +223,200 @@ def test_register_through_an_entry_point(tmp_path: Path, monkeypatch: pytest.Mon
     assert (tmp_path / "s" / "r.txt").read_text() == "cba"
     assert store.get("r.txt") == "abc"
     assert get_serializer("text.reversed").name == "text.reversed"
+
+
+# -- plugins: real entry points of a distribution on sys.path ------------------------------------
+PLUGIN_MODULE = """
+import collections.abc
+
+import pandas as pd
+
+from xpersist_sql.serializers import Serializer
+
+
+class Temperature(float):
+    pass
+
+
+class GeoFrame(pd.DataFrame):
+    pass
+
+
+class _Text(Serializer):
+    def dump(self, value, fs, path, **kwargs):
+        with fs.open(path, "w") as f:
+            f.write(repr(value))
+
+    def load(self, fs, path, **kwargs):
+        with fs.open(path, "r") as f:
+            return f.read()
+
+
+class TemperatureText(_Text):
+    handles = ("{module}.Temperature",)  # a dotted name: matched once the module is imported
+
+    def load(self, fs, path, **kwargs):
+        return Temperature(float(super().load(fs, path)))
+
+
+class GeoText(_Text):
+    handles = (GeoFrame,)  # a subclass of DataFrame: more specific than the built-in rule
+
+
+class FrameText(_Text):
+    handles = ("pandas.DataFrame",)  # the built-in rule's own type: the built-in keeps it
+
+
+class Everything(_Text):
+    handles = (object,)  # would claim every value: not consulted
+
+
+class SetText(_Text):
+    handles = (collections.abc.Set,)  # an ABC: sets are not in its MRO, isinstance says yes
+
+
+class Exploding(Serializer):
+    def __init__(self):
+        raise RuntimeError("no licence for the format")
+
+    def dump(self, value, fs, path, **kwargs): ...
+
+    def load(self, fs, path, **kwargs): ...
+
+
+NOT_A_SERIALIZER = object()
+"""
+
+BROKEN_MODULE = """
+raise ImportError("the plugin needs libfoo, which is missing")
+"""
+
+
+def _install_plugin(
+    site: Path, monkeypatch: pytest.MonkeyPatch, entry_points: list[tuple[str, str]]
+) -> str:
+    """Write a distribution with these entry points to ``site`` and put it on sys.path."""
+    suffix = uuid.uuid4().hex[:8]
+    module = f"xpt_plugin_{suffix}"
+    site.mkdir(exist_ok=True)
+    (site / f"{module}.py").write_text(PLUGIN_MODULE.replace("{module}", module))
+    (site / f"{module}_broken.py").write_text(BROKEN_MODULE)
+    dist = site / f"xpt_plugin_{suffix}-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: xpt-plugin-{suffix}\nVersion: 1.0\n"
+    )
+    lines = [f"{name} = {target.format(module=module)}" for name, target in entry_points]
+    (dist / "entry_points.txt").write_text("[xpersist_sql.serializers]\n" + "\n".join(lines) + "\n")
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setattr(registry, "_entry_points_loaded", False)
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    return module
+
+
+@pytest.fixture
+def plugin_modules() -> Iterator[None]:
+    before = set(sys.modules)
+    yield
+    for name in set(sys.modules) - before:
+        if name.startswith("xpt_plugin_"):
+            del sys.modules[name]
+
+
+@pytest.mark.usefixtures("plugin_modules")
+def test_a_broken_plugin_is_reported_and_the_others_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = _install_plugin(
+        tmp_path / "site",
+        monkeypatch,
+        [  # the broken ones first: they must not hide the ones after them
+            ("test.missing-lib", "{module}_broken:Anything"),
+            ("test.exploding", "{module}:Exploding"),
+            ("test.not-a-serializer", "{module}:NOT_A_SERIALIZER"),
+            ("json", "{module}:TemperatureText"),  # a name that is taken
+            ("test.temperature", "{module}:TemperatureText"),
+            ("test.geo", "{module}:GeoText"),
+        ],
+    )
+    with pytest.warns(SerializerPluginWarning) as caught:
+        names = available_serializers()
+    assert {"test.temperature", "test.geo"} <= set(names)
+    assert not {"test.missing-lib", "test.exploding", "test.not-a-serializer"} & set(names)
+    assert type(get_serializer("json")).__module__ != module  # the built-in stays
+
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 4, messages
+    by_name = {name: m for name in ("test.missing-lib", "test.exploding", "test.not-a-serializer",
+               "json") for m in messages if f"plugin {name!r}" in m}  # fmt: skip
+    assert set(by_name) == {"test.missing-lib", "test.exploding", "test.not-a-serializer", "json"}
+    assert "ImportError: the plugin needs libfoo" in by_name["test.missing-lib"]
+    assert f"{module}_broken:Anything" in by_name["test.missing-lib"]
+    assert "RuntimeError: no licence for the format" in by_name["test.exploding"]
+    assert "Serializer subclass or instance" in by_name["test.not-a-serializer"]
+    assert "already registered" in by_name["json"]
+    for message in messages:  # the distribution that declares it, and that the rest is there
+        assert f"xpt-plugin-{module.removeprefix('xpt_plugin_')} 1.0" in message
+        assert "The other serializers are" in message
+
+    # reported once per process, not on every lookup
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert "test.geo" in available_serializers()
+        get_serializer("test.geo")
+
+
+@pytest.mark.usefixtures("plugin_modules")
+def test_plugins_take_part_in_auto(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    module = _install_plugin(
+        tmp_path / "site",
+        monkeypatch,
+        [
+            ("test.temperature", "{module}:TemperatureText"),
+            ("test.geo", "{module}:GeoText"),
+            ("test.frame", "{module}:FrameText"),
+            ("test.everything", "{module}:Everything"),
+            ("test.sets", "{module}:SetText"),
+        ],
+    )
+    plugin = importlib.import_module(module)
+    # a type only the plugin names, instead of the joblib fallback
+    assert pick_serializer(plugin.Temperature(21.5)) == "test.temperature"
+    # a subclass of DataFrame: the plugin's more specific type wins over the built-in rule
+    assert pick_serializer(plugin.GeoFrame({"a": [1]})) == "test.geo"
+    # the built-in rules keep their exact types, and the fallback stays the fallback
+    assert pick_serializer(make_frame()) == "pandas.parquet"
+    assert pick_serializer(np.arange(3)) == "numpy.npy"
+    assert pick_serializer(make_dataset()) == "xarray.zarr"
+    assert pick_serializer({"a": 1}) == "joblib"
+    assert pick_serializer(np.array([object()], dtype=object)) == "joblib"
+    # an abstract base class, through isinstance
+    assert pick_serializer(frozenset({1, 2})) == "test.sets"
+
+    store = CacheStore(tmp_path / "s")
+    artifact = store.put("t.txt", plugin.Temperature(21.5))
+    assert artifact.serializer == "test.temperature"
+    assert store.get("t.txt") == 21.5
+    assert isinstance(store.get("t.txt"), plugin.Temperature)
+    store.close()
+
+
+def test_a_dotted_name_never_imports_its_module(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = f"test.lazy-{uuid.uuid4().hex[:6]}"
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+
+    @register_serializer(name)
+    class Lazy(Serializer):
+        handles = ("xpt_not_imported_anywhere.Thing",)
+
+        def dump(self, value: Any, fs: Any, path: str, **kwargs: Any) -> None: ...
+
+        def load(self, fs: Any, path: str, **kwargs: Any) -> Any: ...
+
+    assert pick_serializer(object()) == "joblib"
+    assert "xpt_not_imported_anywhere" not in sys.modules
 
 
 def test_unknown_serializer_name() -> None:

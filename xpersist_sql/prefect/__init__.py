@@ -5,6 +5,14 @@ This subpackage is the only part of xpersist_sql that imports prefect.
 >>> from xpersist_sql.prefect import XpersistResult, xpersist_task  # doctest: +SKIP
 """
 
+try:
+    import prefect  # noqa: F401
+except ImportError as exc:  # the [prefect] extra is not installed
+    raise ImportError(
+        "xpersist_sql.prefect needs Prefect 3, which is not installed: "
+        "pip install 'xpersist_sql[prefect]'"
+    ) from exc
+
 from ._context import TEMPLATE_NAMES, RunContext, TargetTemplateError, render_target
 from ._lock_manager import StoreLockManager
 from ._result import XpersistResult

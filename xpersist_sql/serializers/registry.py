@@ -3,7 +3,19 @@
 Built-in serializers register themselves when :mod:`xpersist_sql.serializers` is imported.
 Third parties register theirs with :func:`register_serializer` or through the
 ``xpersist_sql.serializers`` entry-point group (the entry point's name is the serializer name and
-its object a :class:`Serializer` subclass or instance).
+its object a :class:`Serializer` subclass or instance)::
+
+    [project.entry-points."xpersist_sql.serializers"]
+    "geo.parquet" = "mypackage.serializers:GeoParquet"
+
+Entry points are loaded once per process, the first time a name is not found, by
+:func:`available_serializers` and by ``serializer="auto"``. A plugin that cannot be loaded (its
+module fails to import, its object is not a serializer, its name is taken) does not stop the
+others: it is reported by a :class:`SerializerPluginWarning` naming the entry point, the
+distribution that declares it and the error, and left out of the registry.
+
+A serializer takes part in ``"auto"`` by naming the types it writes in ``handles`` (see
+:class:`Serializer` and :func:`xpersist_sql.serializers.pick_serializer`).
 """
 
 from __future__ import annotations
@@ -12,6 +24,7 @@ import abc
 import importlib
 import importlib.metadata
 import threading
+import warnings
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
@@ -22,9 +35,11 @@ from ..errors import MissingDependencyError, SerializerNotFoundError
 __all__ = [
     "ENTRY_POINT_GROUP",
     "Serializer",
+    "SerializerPluginWarning",
     "available_serializers",
     "get_serializer",
     "register_serializer",
+    "registered_serializers",
 ]
 
 ENTRY_POINT_GROUP = "xpersist_sql.serializers"
@@ -36,11 +51,34 @@ class Serializer(abc.ABC):
     Subclasses implement :meth:`dump` and :meth:`load` and declare the import names they need in
     ``requires`` (their versions are recorded with every artifact) and the pip extra that provides
     them in ``extra``.
+
+    A serializer takes part in ``serializer="auto"`` by listing the types it writes in
+    ``handles``: classes, or ``"module.QualifiedName"`` strings (matched only once that module is
+    imported, so declaring a type never imports its library). ``"auto"`` picks the serializer
+    whose declared type comes first in the value's MRO, so a serializer for a subclass of
+    ``pandas.DataFrame`` wins over ``pandas.parquet`` for that subclass; for the exact types the
+    built-in rules name (xarray objects, DataFrames, numpy arrays) the built-in choice stays. See
+    :func:`xpersist_sql.serializers.pick_serializer`.
+
+    Examples
+    --------
+    >>> class GeoParquet(Serializer):  # doctest: +SKIP
+    ...     handles = ("geopandas.GeoDataFrame",)
+    ...     requires = ("geopandas",)
+    ...     def dump(self, value, fs, path, **kwargs):
+    ...         with fs.open(path, "wb") as f:
+    ...             value.to_parquet(f, **kwargs)
+    ...     def load(self, fs, path, **kwargs):
+    ...         import geopandas
+    ...         with fs.open(path, "rb") as f:
+    ...             return geopandas.read_parquet(f, **kwargs)
     """
 
     name: str = ""
     requires: ClassVar[tuple[str, ...]] = ()
     extra: ClassVar[str | None] = None
+    #: The types ``serializer="auto"`` picks this serializer for (classes or dotted names).
+    handles: ClassVar[tuple[type | str, ...]] = ()
 
     @abc.abstractmethod
     def dump(
@@ -91,9 +129,20 @@ def package_versions(modules: tuple[str, ...]) -> dict[str, str]:
     return found
 
 
+class SerializerPluginWarning(UserWarning):
+    """A serializer declared in the ``xpersist_sql.serializers`` entry-point group was not loaded.
+
+    The message names the entry point, the distribution declaring it and the error; the other
+    serializers are loaded as usual.
+    """
+
+
 _REGISTRY: dict[str, Serializer] = {}
 _LOCK = threading.Lock()
+# Held while the entry points load (re-entrant: a plugin module may itself look up a serializer).
+_ENTRY_POINTS_LOCK = threading.RLock()
 _entry_points_loaded = False
+_entry_points_loading = False
 
 S = TypeVar("S", bound=type[Serializer])
 
@@ -142,28 +191,76 @@ def _add(name: str, serializer: Serializer, *, overwrite: bool) -> None:
 
 
 def _load_entry_points() -> None:
-    global _entry_points_loaded
+    global _entry_points_loaded, _entry_points_loading
     if _entry_points_loaded:
         return
-    _entry_points_loaded = True
-    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in _REGISTRY:
-            continue
-        obj = ep.load()
-        instance = obj() if isinstance(obj, type) else obj
-        if not isinstance(instance, Serializer):
-            raise TypeError(
-                f"entry point {ep.name!r} in group {ENTRY_POINT_GROUP!r} must name a Serializer "
-                f"subclass or instance, got {obj!r}"
+    with _ENTRY_POINTS_LOCK:  # other threads wait here until every plugin is loaded
+        # done, or a plugin module of this very thread looks a serializer up while it loads
+        if _entry_points_loaded or _entry_points_loading:
+            return
+        _entry_points_loading = True
+        try:
+            for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+                try:
+                    _load_entry_point(ep)
+                except Exception as exc:
+                    _warn_plugin_failed(ep, exc)
+        finally:
+            _entry_points_loading = False
+            _entry_points_loaded = True
+
+
+def _warn_plugin_failed(ep: importlib.metadata.EntryPoint, exc: Exception) -> None:
+    dist = getattr(ep, "dist", None)
+    origin = f" (distribution {dist.name} {dist.version})" if dist is not None else ""
+    warnings.warn(
+        f"serializer plugin {ep.name!r} = {ep.value!r}{origin} from the {ENTRY_POINT_GROUP!r} "
+        f"entry-point group could not be loaded and is not available: {type(exc).__name__}: "
+        f"{exc}. The other serializers are; fix or uninstall that distribution to silence this "
+        "warning",
+        SerializerPluginWarning,
+        stacklevel=4,
+    )
+
+
+def _load_entry_point(ep: importlib.metadata.EntryPoint) -> None:
+    with _LOCK:
+        existing = _REGISTRY.get(ep.name)
+    if existing is not None:
+        if type(existing).__module__ == ep.module:  # its module was imported and registered it
+            return
+        raise ValueError(
+            f"a serializer named {ep.name!r} is already registered "
+            f"({type(existing).__module__}.{type(existing).__qualname__})"
+        )
+    obj = ep.load()
+    instance = obj() if isinstance(obj, type) else obj
+    if not isinstance(instance, Serializer):
+        raise TypeError(f"the entry point must name a Serializer subclass or instance, got {obj!r}")
+    with _LOCK:
+        existing = _REGISTRY.get(ep.name)
+        if existing is not None:
+            if type(existing) is type(instance):  # its module registered it while loading
+                return
+            raise ValueError(
+                f"a serializer named {ep.name!r} is already registered "
+                f"({type(existing).__module__}.{type(existing).__qualname__})"
             )
         instance.name = ep.name
-        _add(ep.name, instance, overwrite=False)
+        _REGISTRY[ep.name] = instance
 
 
 def available_serializers() -> list[str]:
     """Return the sorted names of every registered serializer (entry points included)."""
     _load_entry_points()
     return sorted(_REGISTRY)
+
+
+def registered_serializers() -> dict[str, Serializer]:
+    """Return a snapshot ``{name: serializer}`` of the registry, entry points included."""
+    _load_entry_points()
+    with _LOCK:
+        return dict(_REGISTRY)
 
 
 def get_serializer(name: str) -> Serializer:
