@@ -47,3 +47,27 @@ def run_cli(*args: str, cwd: Path, script: bool = False) -> subprocess.Completed
     return subprocess.run(
         [*program, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
     )
+
+
+def install_wheel_in_fresh_venv(wheel: Path, venv: Path) -> tuple[Path, str]:
+    """Install ``wheel`` alone into a new venv at ``venv``; return its python and site dir.
+
+    The venv takes its dependencies from this environment through a path entry (not its
+    ``.pth`` files, so the editable install of the repository stays invisible there).
+    """
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    deps = [path for path in sys.path if path.endswith("site-packages")]
+    Path(site, "_deps.pth").write_text("\n".join(deps) + "\n")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet",
+         "--no-deps", "--force-reinstall", "--no-index", str(wheel)],
+        check=True,
+    )  # fmt: skip
+    return python, site

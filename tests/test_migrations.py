@@ -32,6 +32,7 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
+from tests.helpers import install_wheel_in_fresh_venv
 from xpersist_sql import CacheStore, SchemaVersionError
 from xpersist_sql.db.engine import create_index_engine
 from xpersist_sql.db.index import promoted_columns, tags_of
@@ -321,22 +322,7 @@ def test_wheel_ships_the_migrations(tmp_path: Path) -> None:
 
     # a fresh venv whose dependencies come from this one (a path entry, not its .pth files, so
     # the editable install of the repository is not visible), with the wheel installed
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    python = venv / "bin" / "python"
-    site = subprocess.run(
-        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    deps = [path for path in sys.path if path.endswith("site-packages")]
-    Path(site, "_deps.pth").write_text("\n".join(deps) + "\n")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet",
-         "--no-deps", "--force-reinstall", "--no-index", str(wheel)],
-        check=True,
-    )  # fmt: skip
+    python, site = install_wheel_in_fresh_venv(wheel, tmp_path / "venv")
 
     outside = tmp_path / "elsewhere"
     outside.mkdir()
@@ -352,7 +338,7 @@ def test_wheel_ships_the_migrations(tmp_path: Path) -> None:
     # a store made by the installed package, taken down to 0001 (before stores had an identity)
     # and back up by its `xpersist-sql db`: the rows come back to the store named by --store
     store = outside / "store"
-    script = venv / "bin" / "xpersist-sql"
+    script = python.parent / "xpersist-sql"
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(args, cwd=outside, env=env, capture_output=True, text=True)

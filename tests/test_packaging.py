@@ -35,6 +35,8 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
+from tests.helpers import install_wheel_in_fresh_venv
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "xpersist_sql"
 PYPROJECT: dict[str, Any] = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -392,22 +394,7 @@ def test_wheel_and_sdist_carry_the_tag_version_license_and_extras(
     assert set(metadata.get_all("Provides-Extra") or []) >= {*USER_EXTRAS, "all"}
 
     # installed in a fresh venv (its dependencies from this one, not the editable install)
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    python = venv / "bin" / "python"
-    site = subprocess.run(
-        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    deps = [path for path in sys.path if path.endswith("site-packages")]
-    Path(site, "_deps.pth").write_text("\n".join(deps) + "\n")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet",
-         "--no-deps", "--no-index", str(wheel)],
-        check=True,
-    )  # fmt: skip
+    python, site = install_wheel_in_fresh_venv(wheel, tmp_path / "venv")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "XPERSIST_SQL"))}
     found = subprocess.run(
         [str(python), "-c", "import xpersist_sql as x; print(x.__file__); print(x.__version__)"],
