@@ -100,12 +100,13 @@ class StoreBackend:
         db_file = sqlite_path(self.database_url)
         return db_file is not None and db_file.parent == _local_hidden_dir(self.storage)
 
-    def is_store(self) -> bool:
-        """Whether the root holds a store: a marker, or an embedded index of an older version."""
-        if self.marker() is not None:
-            return True
+    def _embedded_index_exists(self) -> bool:
         db_file = sqlite_path(self.database_url)
         return self._embedded_index() and db_file is not None and db_file.exists()
+
+    def is_store(self) -> bool:
+        """Whether the root holds a store: a marker, or an embedded index of an older version."""
+        return self.marker() is not None or self._embedded_index_exists()
 
     def require_store(self) -> None:
         """Raise :class:`StoreNotFoundError` unless the root holds a store.
@@ -193,7 +194,7 @@ class StoreBackend:
             fresh = False
             if marker is None:
                 if not create or self.readonly:
-                    if self._embedded_index() and self.is_store():
+                    if self._embedded_index_exists():
                         self._engine_locked()  # an older index: SchemaVersionError says how
                     self._check_outside_index()
                     return None
