@@ -236,19 +236,117 @@ def test_upgrade_sql_writes_a_script_without_the_database(runner: CliRunner) -> 
     assert "xpersist_artifact_tags" in data["sql"]
 
 
-def test_upgrade_sql_through_0004_is_refused_with_what_to_run(runner: CliRunner) -> None:
+def test_upgrade_sql_through_0004_needs_the_store_of_existing_rows(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    """From an empty database nothing needs a store; from a schema that may hold rows, the
+    script gives them to the store named with --store, whose marker it reads (or creates)."""
+    fresh = invoke(runner, "db", "upgrade", "--sql", "--from", "base", "--db", PG_URL)
+    assert fresh.exit_code == 0, fresh.stderr
+    assert "CREATE TABLE xpersist_stores" in fresh.stdout
+    assert "INSERT INTO xpersist_stores" not in fresh.stdout
+
     result = invoke(runner, "db", "upgrade", "--sql", "--from", "0002", "--db", PG_URL)
     message = one_line_error(
-        result,
-        "revision 0004 cannot be written in advance",
-        "reads the index's rows",
-        "xpersist-sql db upgrade 0003 --sql",
-        "xpersist-sql db upgrade 0004 --store ROOT --db",
+        result, "revision 0004 gives the rows", "xpersist-sql db upgrade head --sql --store ROOT"
     )
     assert "s3cret" not in message
-    assert "AttributeError" not in message
-    down = invoke(runner, "db", "downgrade", "0002", "--sql", "--from", "0004", "--db", PG_URL)
-    one_line_error(down, "revision 0004 cannot be written in advance", "db downgrade 0003")
+
+    root = tmp_path / "old-store"
+    root.mkdir()
+    given = invoke(
+        runner, "db", "upgrade", "--sql", "--from", "0003", "--store", str(root), "--db", PG_URL
+    )
+    assert given.exit_code == 0, given.stderr
+    marker = json.loads((root / ".xpersist_sql" / "store.json").read_text())
+    script = given.stdout
+    assert "INSERT INTO xpersist_stores (uid, root, created_at) SELECT" in script
+    assert f"'{marker['store_id']}'" in script and "WHERE EXISTS" in script
+    assert "UPDATE xpersist_artifacts SET store_id=(SELECT xpersist_stores.id" in script
+    assert "s3cret" not in script
+    again = invoke(
+        runner, "db", "upgrade", "--sql", "--from", "0003", "--store", str(root), "--db", PG_URL
+    )
+    assert again.stdout.count(marker["store_id"]) == script.count(marker["store_id"])
+
+
+def test_upgrade_sql_of_sqlite_through_0004_creates_no_marker(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    root = tmp_path / "old-store"
+    root.mkdir()
+    url = f"sqlite:///{tmp_path}/index.sqlite"
+    result = invoke(
+        runner, "db", "upgrade", "--sql", "--from", "0003", "--store", str(root), "--db", url
+    )
+    one_line_error(result, "cannot be written in advance", "rebuilds a table")
+    assert list(root.iterdir()) == []
+
+
+def apply_script(url: str, script: str) -> None:
+    """Run an ``--sql`` script as a DBA would (one batch, autocommit: its own BEGIN/COMMIT)."""
+    engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql(script)
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("marker", ["kept", "none yet"])
+def test_upgrade_sql_through_0004_applied_on_postgresql_keeps_every_row(
+    runner: CliRunner, postgres_url: str, tmp_path: Path, marker: str
+) -> None:
+    root = tmp_path / "store"
+    store = CacheStore(str(root), database_url=postgres_url)
+    store.put("a.json", {"a": 1}, serializer="json")
+    store.put("runs/b.json", [1, 2], serializer="json", additional_metadata={"task_tags": ["x"]})
+    store.close()
+    opts = ["--store", str(root), "--db", postgres_url]
+    assert invoke(runner, "db", "downgrade", "0003", *opts).exit_code == 0
+    if marker == "none yet":  # a store from before 0004 has no marker
+        (root / ".xpersist_sql" / "store.json").unlink()
+    result = invoke(runner, "db", "upgrade", "--sql", *opts)
+    assert result.exit_code == 0, result.stderr
+    assert revision_of(postgres_url) == "0003"  # --sql ran nothing
+    apply_script(postgres_url, result.stdout)
+    assert revision_of(postgres_url) == head_revision()
+    reopened = CacheStore(str(root), database_url=postgres_url, readonly=True)
+    try:
+        assert reopened.keys() == ["a.json", "runs/b.json"]
+        assert reopened.get("runs/b.json") == [1, 2]
+        assert [a.key for a in reopened.query(tags=["x"])] == ["runs/b.json"]
+    finally:
+        reopened.close()
+
+
+def test_downgrade_sql_through_0004_checks_stores_on_the_server(
+    runner: CliRunner, postgres_url: str, tmp_path: Path
+) -> None:
+    """The offline downgrade cannot count stores when written: the script checks when run."""
+    for name in ("one", "two"):
+        store = CacheStore(str(tmp_path / name), database_url=postgres_url)
+        store.put(f"{name}.json", name, serializer="json")
+        store.close()
+    result = invoke(runner, "db", "downgrade", "0003", "--sql", "--db", postgres_url)
+    assert result.exit_code == 0, result.stderr
+    assert "COUNT(DISTINCT store_id)" in result.stdout
+    with pytest.raises(sa.exc.DBAPIError, match="artifacts of several stores"):
+        apply_script(postgres_url, result.stdout)
+    assert revision_of(postgres_url) == head_revision()  # the failed script changed nothing
+    assert CacheStore(str(tmp_path / "two"), database_url=postgres_url).get("two.json") == "two"
+
+    CacheStore(str(tmp_path / "two"), database_url=postgres_url).delete("two.json")
+    execute(postgres_url, "DELETE FROM xpersist_stores WHERE root LIKE '%two'")
+    apply_script(postgres_url, result.stdout)
+    assert revision_of(postgres_url) == "0003"
+    assert (
+        invoke(
+            runner, "db", "upgrade", "--store", str(tmp_path / "one"), "--db", postgres_url
+        ).exit_code
+        == 0
+    )
+    assert CacheStore(str(tmp_path / "one"), database_url=postgres_url).get("one.json") == "one"
 
 
 @pytest.mark.parametrize(

@@ -113,6 +113,32 @@ def test_xarray_payloads_open_without_the_library(tmp_path: Path) -> None:
         xr.testing.assert_identical(opened.load(), ds)
 
 
+@pytest.mark.parametrize(
+    ("dump_kwargs", "fmt", "consolidated"),
+    [({}, 3, True), ({"zarr_format": 2}, 2, True), ({"consolidated": False}, 3, False)],
+)
+def test_zarr_is_written_and_read_without_warnings(
+    any_store: CacheStore, dump_kwargs: dict[str, Any], fmt: int, consolidated: bool
+) -> None:
+    """Format 3 with consolidated metadata by default (docs/serializers.md), the zarr
+    warning about consolidated metadata silenced; other choices through dump_kwargs, each
+    read back (by the store, and by plain xarray where its default reads it) warning-free."""
+    zarr = pytest.importorskip("zarr")
+    ds = make_dataset()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        any_store.put("w.zarr", ds, serializer="xarray.zarr", dump_kwargs=dump_kwargs)
+        xr.testing.assert_identical(any_store.get("w.zarr").load(), ds)
+        path = any_store.payload_url("w.zarr")
+        group = zarr.open_group(path, mode="r")
+        assert group.metadata.zarr_format == fmt
+        assert (group.metadata.consolidated_metadata is not None) is consolidated or fmt == 2
+        if consolidated:
+            xr.testing.assert_identical(xr.open_zarr(path).load(), ds)
+    recorded = any_store.get_artifact("w.zarr").load_kwargs
+    assert recorded == ({} if consolidated else {"consolidated": False})
+
+
 @pytest.mark.parametrize("name", ["xarray.zarr", "xarray.netcdf"])
 def test_chunks_load_lazily_with_the_dask_extra(any_store: CacheStore, name: str) -> None:
     dask_array = pytest.importorskip("dask.array", reason="the [dask] extra")

@@ -66,7 +66,8 @@ SqlOpt = Annotated[
     typer.Option(
         "--sql",
         help="Print the SQL of the migration (for a DBA to review and run) instead of running "
-        "it; nothing is written to the database.",
+        "it; nothing is written to the database. Upgrading an index with rows past revision "
+        "0004 needs --store ROOT (whose marker is created if missing).",
     ),
 ]
 FromOpt = Annotated[

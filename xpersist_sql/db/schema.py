@@ -27,7 +27,7 @@ import fsspec
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from alembic.script import Script, ScriptDirectory
+from alembic.script import ScriptDirectory
 from alembic.script.revision import RevisionError
 from alembic.util.exc import CommandError
 from sqlalchemy import Connection, Engine, inspect, make_url, text
@@ -39,7 +39,6 @@ from .engine import WRITE_OPTION, create_index_engine, redact_url, sqlite_path
 from .tables import ARTIFACTS
 
 __all__ = [
-    "ONLINE_ONLY_REVISIONS",
     "VERSION_TABLE",
     "SchemaDrift",
     "alembic_config",
@@ -370,9 +369,8 @@ def _migrate(
 
 
 # -- for the ``xpersist-sql db`` commands: revision checks, offline SQL, schema drift ------------
-#: Revisions whose migration reads the index's rows, so that their SQL cannot be written before
-#: it meets the database (revision 0004 gives the existing rows to their store).
-ONLINE_ONLY_REVISIONS = frozenset({"0004"})
+#: The revision that gives existing rows to their store: its SQL needs the store's identity.
+STORE_REVISION = "0004"
 _SPECIAL_TARGETS = frozenset({"head", "heads", "base"})
 _TARGET = re.compile(r"(?P<base>.*?)(?P<step>[+-]\d+)?")
 
@@ -449,11 +447,20 @@ def newer_revision_message(url: str, store: str | None, current: str) -> str:
 
 
 def migration_sql(
-    url: str, action: str, revision: str, *, start: str | None, store: str | None = None
+    url: str,
+    action: str,
+    revision: str,
+    *,
+    start: str | None,
+    store: str | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> str:
     """Return the SQL that takes an index at ``start`` to ``revision`` (Alembic's offline mode).
 
-    Nothing is read from or written to the database: ``url`` only selects the SQL dialect.
+    Nothing is read from or written to the database: ``url`` only selects the SQL dialect. An
+    upgrade through revision 0004 from a non-empty schema gives the existing rows to ``store``:
+    its identity is read from the store's marker, which is created if the store has none yet
+    (as the live upgrade does).
 
     Parameters
     ----------
@@ -466,7 +473,10 @@ def migration_sql(
     start : str or None
         The revision the database is at (None: an empty database).
     store : str, optional
-        Root of the store the index belongs to, named in the commands messages advise.
+        Root of the store the index belongs to (needed to upgrade an index with rows through
+        revision 0004), also named in the commands messages advise.
+    storage_options : dict, optional
+        fsspec options for a remote ``store``.
 
     Returns
     -------
@@ -476,9 +486,9 @@ def migration_sql(
     Raises
     ------
     ValueError
-        If ``revision`` is not in the direction of ``action`` from ``start``, the steps include
-        a revision whose SQL depends on the index's rows (:data:`ONLINE_ONLY_REVISIONS`), or
-        the dialect cannot write a step without the live database (SQLite rebuilding a table).
+        If ``revision`` is not in the direction of ``action`` from ``start``, an upgrade through
+        revision 0004 from a non-empty schema has no ``store``, or the dialect cannot write a
+        step without the live database (SQLite rebuilding a table).
     """
     script = _script()
     try:
@@ -495,11 +505,40 @@ def migration_sql(
         ) from None
     if not steps:
         return ""
-    if any(step.revision in ONLINE_ONLY_REVISIONS for step in steps):
-        raise ValueError(_online_only(action, url, store, revision, steps))
     span = f"{start or 'base'}:{revision}" if start or action == "downgrade" else revision
-    buffer = io.StringIO()
+    through_store_revision = any(step.revision == STORE_REVISION for step in steps)
+    if not (action == "upgrade" and through_store_revision and start is not None):
+        return _offline_sql(url, action, span, revision, start, store, None)
+    if store is None:
+        raise ValueError(
+            f"the SQL of revision {STORE_REVISION} gives the rows already in the index to the "
+            "store they belong to, so it needs that store: "
+            f"`{db_command('upgrade', url, 'ROOT', revision, '--sql')}`, ROOT being the store's "
+            "directory or URL (its marker is created if it has none)"
+        )
+    # Render once with a stand-in identity: a dialect that cannot write the steps in advance
+    # fails here, before the store's marker is created.
+    _offline_sql(url, action, span, revision, start, store, {"uid": "0" * 32, "root": store})
+    fs, path = fsspec.core.url_to_fs(store, **(storage_options or {}))
+    marker = create_marker(fs, path)
+    identity = {"uid": marker.store_id, "root": store_root_url(fs, path)}
+    return _offline_sql(url, action, span, revision, start, store, identity)
+
+
+def _offline_sql(
+    url: str,
+    action: str,
+    span: str,
+    revision: str,
+    start: str | None,
+    store: str | None,
+    identity: dict[str, str] | None,
+) -> str:
+    """Run Alembic in offline mode over ``span``; return the SQL it writes."""
     config = alembic_config(url=url)
+    if identity is not None:
+        config.attributes[STORE_ATTRIBUTE] = identity
+    buffer = io.StringIO()
     config.output_buffer = buffer
     try:
         getattr(command, action)(config, span, sql=True)
@@ -513,38 +552,6 @@ def migration_sql(
             f"`{db_command(action, url, store, revision)}` against the database instead"
         ) from None
     return buffer.getvalue()
-
-
-def _online_only(
-    action: str, url: str, store: str | None, revision: str, steps: list[Script]
-) -> str:
-    """Say that a step's SQL cannot be written in advance, and how to migrate past it.
-
-    ``steps`` run from the highest revision down (Alembic's order), upgrading or downgrading.
-    """
-    step = next(s for s in reversed(steps) if s.revision in ONLINE_ONLY_REVISIONS)
-    below = str(step.down_revision or "base")
-    text = (
-        f"the SQL of revision {step.revision} cannot be written in advance: its migration "
-        "reads the index's rows (to give them to their store) and decides what to write from "
-        "them. "
-    )
-    if action == "upgrade":
-        if steps[-1] is not step:  # revisions below it to write first
-            first = db_command("upgrade", url, store, below, "--sql")
-            text += f"Write the SQL up to revision {below} (`{first}`), then "
-        live = db_command("upgrade", url, store or "ROOT", step.revision)
-        text += f"run `{live}` against the database itself (back it up first)"
-        if steps[0] is not step:  # revisions above it
-            rest = db_command("upgrade", url, store, revision, "--sql", "--from", step.revision)
-            text += f", then write the rest with `{rest}`"
-        return text
-    live = db_command("downgrade", url, store, below)
-    text += f"Run `{live}` against the database itself (back it up first)"
-    if steps[-1] is not step:  # revisions below it
-        rest = db_command("downgrade", url, store, revision, "--sql", "--from", below)
-        text += f", then write the rest with `{rest}`"
-    return text
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,10 +21,17 @@ from .registry import Serializer, package_versions, register_serializer
 _AS_DATAARRAY = "as_dataarray"
 
 
+#: How payloads are written unless ``dump_kwargs`` say otherwise: zarr format 3 (zarr-python 3's
+#: own format) with consolidated metadata, so that opening a payload reads one metadata document
+#: (one request on an object store, whatever the number of variables) and a plain
+#: ``xr.open_zarr(path)`` opens it without a warning. See docs/serializers.md.
+ZARR_DEFAULTS: dict[str, Any] = {"zarr_format": 3, "consolidated": True}
+
+
 @contextmanager
 def _quiet_consolidated() -> Iterator[None]:
-    # zarr 3 warns that consolidated metadata is an extension of the v3 spec; xarray writes it
-    # by default because it saves one request per variable on object stores.
+    # zarr 3 warns, on every write, that consolidated metadata is not part of the format 3
+    # specification yet. Writing it is our deliberate choice (ZARR_DEFAULTS): silence only that.
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
         yield
@@ -40,8 +47,10 @@ def _is_dataarray(value: Any) -> bool:
 class XarrayZarrSerializer(Serializer):
     """A zarr store written by ``Dataset.to_zarr`` and opened by :func:`xarray.open_zarr`.
 
-    ``dump_kwargs`` go to ``to_zarr`` (e.g. ``{"mode": "w"}``, ``encoding``, ``zarr_format``);
-    ``load_kwargs`` to ``open_zarr`` (e.g. ``chunks``).
+    ``dump_kwargs`` go to ``to_zarr`` (e.g. ``encoding``, or ``{"zarr_format": 2}`` for readers
+    of the older format), over :data:`ZARR_DEFAULTS` (format 3, consolidated metadata);
+    ``load_kwargs`` to ``open_zarr`` (e.g. ``chunks``). A payload written with
+    ``consolidated=False`` records ``consolidated=False`` for its loads.
     """
 
     requires = ("xarray", "zarr", "numpy")
@@ -52,9 +61,15 @@ class XarrayZarrSerializer(Serializer):
     def dump(
         self, value: Any, fs: AbstractFileSystem, path: str, **kwargs: Any
     ) -> dict[str, Any] | None:
+        kwargs = {**ZARR_DEFAULTS, **kwargs}
         with _quiet_consolidated():
             value.to_zarr(self._store(fs, path), **kwargs)
-        return {_AS_DATAARRAY: True} if _is_dataarray(value) else None
+        hints: dict[str, Any] = {}
+        if not kwargs["consolidated"]:
+            hints["consolidated"] = False  # else open_zarr looks for it, and warns
+        if _is_dataarray(value):
+            hints[_AS_DATAARRAY] = True
+        return hints or None
 
     def load(self, fs: AbstractFileSystem, path: str, **kwargs: Any) -> Any:
         import xarray as xr
