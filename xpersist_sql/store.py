@@ -191,6 +191,11 @@ def _type_name(value: Any) -> str:
 class CacheStore:
     """A cache of payloads in an fsspec directory, indexed by a SQL database.
 
+    Datasets (:class:`xarray.Dataset`, :class:`xarray.DataArray`) are stored as zarr or netCDF
+    and loaded lazily (:func:`xarray.open_zarr`), data frames (:class:`pandas.DataFrame`) as
+    parquet or CSV, arrays (:class:`numpy.ndarray`) as ``.npy``: see
+    :func:`available_serializers`.
+
     Parameters
     ----------
     path : str, optional
@@ -198,9 +203,10 @@ class CacheStore:
         Defaults to ``$XPERSIST_SQL_STORE``, else ``<user cache dir>/xpersist_sql``
         (platformdirs: ``~/.cache/xpersist_sql`` on Linux).
     database_url : str, optional
-        SQLAlchemy URL of the index. Defaults to ``$XPERSIST_SQL_DATABASE_URL`` or, for a local
-        path, a SQLite file in the store's hidden ``.xpersist_sql`` directory. Required for a
-        remote path.
+        SQLAlchemy URL of the index (as :func:`sqlalchemy.create_engine` takes it, e.g.
+        ``postgresql+psycopg://user@host/db``). Defaults to ``$XPERSIST_SQL_DATABASE_URL``
+        or, for a local path, a SQLite file in the store's hidden ``.xpersist_sql`` directory.
+        Required for a remote path.
     readonly : bool
         Refuse every write (``put``, ``delete``, ...) with :class:`ReadonlyStoreError`; the
         index is opened read-only and nothing is ever written (a directory the process cannot
@@ -209,7 +215,8 @@ class CacheStore:
         What ``put`` does with a key that exists: ``"skip"`` (default), ``"overwrite"``,
         ``"check_collision"`` or ``"raise_error"``.
     storage_options : dict, optional
-        Options of the fsspec filesystem (credentials, ``endpoint_url``...).
+        Options of the fsspec filesystem (:class:`fsspec.spec.AbstractFileSystem`: credentials,
+        ``endpoint_url``...).
     checksum : bool
         Compute a sha256 of every payload on ``put`` (off by default: hashing a large dataset
         costs a full read).

@@ -119,7 +119,7 @@ class GcItem:
 
 @dataclass
 class GcReport:
-    """What :func:`gc` found and removed.
+    """What :func:`~xpersist_sql.maintenance.gc.gc` found and removed.
 
     Attributes
     ----------
