@@ -19,6 +19,7 @@ from tests.helpers import make_dataset, make_frame
 from xpersist_sql import (
     CacheStore,
     MissingDependencyError,
+    PayloadLoadError,
     Serializer,
     SerializerNotFoundError,
     available_serializers,
@@ -113,6 +114,64 @@ def test_xarray_payloads_open_without_the_library(tmp_path: Path) -> None:
         xr.testing.assert_identical(opened.load(), ds)
 
 
+def make_tree() -> Any:
+    ds = make_dataset()
+    return xr.DataTree.from_dict(
+        {"/": ds, "/monthly": ds.mean("x"), "/monthly/clim": ds.mean("time")}
+    )
+
+
+@pytest.mark.parametrize("name", ["xarray.zarr", "xarray.netcdf"])
+def test_datatree_comes_back_as_a_datatree_with_its_groups(
+    any_store: CacheStore, name: str
+) -> None:
+    tree = make_tree()
+    any_store.put("tree", tree, serializer=name)
+    loaded = any_store.get("tree")
+    assert isinstance(loaded, xr.DataTree)
+    assert set(loaded.groups) == {"/", "/monthly", "/monthly/clim"}
+    xr.testing.assert_identical(loaded.load(), tree)
+
+
+def test_datatree_payload_opens_without_the_library(tmp_path: Path) -> None:
+    store = CacheStore(tmp_path / "s")
+    tree = make_tree()
+    store.put("tree.zarr", tree)
+    xr.testing.assert_identical(xr.open_datatree(tmp_path / "s" / "tree.zarr").load(), tree)
+
+
+def test_dask_backed_values_are_written_chunk_by_chunk(tmp_path: Path) -> None:
+    """The dask chunks become the zarr chunks: dask writes them, nothing is loaded first."""
+    pytest.importorskip("dask.array", reason="the [dask] extra")
+    zarr = pytest.importorskip("zarr")
+    store = CacheStore(tmp_path / "s")
+    ds = make_dataset().chunk({"time": 1})
+    assert ds["tas"].chunks is not None
+    store.put("chunked.zarr", ds, load_kwargs={"chunks": {}})
+    array = zarr.open_group(store.payload_url("chunked.zarr"), mode="r")["tas"]
+    assert array.chunks[0] == 1 and array.nchunks == ds.sizes["time"]
+    loaded = store.get("chunked.zarr")
+    assert loaded["tas"].chunks == ds["tas"].chunks  # recorded chunks={}: dask-backed again
+    xr.testing.assert_identical(loaded.load(), ds.load())
+
+
+@pytest.mark.parametrize("name", ["xarray.zarr", "xarray.netcdf"])
+def test_chunked_load_without_dask_is_a_missing_dependency_not_a_bad_payload(
+    tmp_path: Path, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = CacheStore(tmp_path / "s")
+    store.put("a", make_dataset(), serializer=name, load_kwargs={"chunks": {}})
+    before = sorted(p.name for p in (tmp_path / "s").iterdir())
+    # make `import dask` fail as it does where the extra is not installed
+    monkeypatch.setitem(sys.modules, "dask", None)
+    with pytest.raises(MissingDependencyError, match=r"xpersist_sql\[dask\]") as caught:
+        store.get("a")
+    assert not isinstance(caught.value, PayloadLoadError)
+    monkeypatch.undo()
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == before
+    xr.testing.assert_identical(store.get("a", load_kwargs={"chunks": None}).load(), make_dataset())
+
+
 @pytest.mark.parametrize(
     ("dump_kwargs", "fmt", "consolidated"),
     [({}, 3, True), ({"zarr_format": 2}, 2, True), ({"consolidated": False}, 3, False)],
@@ -178,6 +237,7 @@ def test_get_with_another_serializer(tmp_path: Path) -> None:
     [
         (make_dataset(), "xarray.zarr"),
         (make_dataset()["tas"], "xarray.zarr"),
+        (xr.DataTree.from_dict({"/": make_dataset()}), "xarray.zarr"),
         (make_frame(), "pandas.parquet"),
         (np.arange(3), "numpy.npy"),
         (np.array([object(), 1], dtype=object), "joblib"),

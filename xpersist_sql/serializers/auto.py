@@ -13,6 +13,7 @@ __all__ = ["BUILT_IN_CHOICES", "FALLBACK", "pick_serializer"]
 BUILT_IN_CHOICES: tuple[tuple[str, str], ...] = (
     ("xarray.Dataset", "xarray.zarr"),
     ("xarray.DataArray", "xarray.zarr"),
+    ("xarray.DataTree", "xarray.zarr"),
     ("pandas.DataFrame", "pandas.parquet"),
     ("numpy.ndarray", "numpy.npy"),
 )
@@ -23,10 +24,10 @@ FALLBACK = "joblib"
 def pick_serializer(value: Any) -> str:
     """Return the serializer name ``serializer="auto"`` uses for ``value``.
 
-    The built-in rules: xarray objects -> ``xarray.zarr``, pandas DataFrames ->
-    ``pandas.parquet``, numpy arrays (of a non-object dtype) -> ``numpy.npy``. Registered
-    serializers, those of the ``xpersist_sql.serializers`` entry points included, take part
-    through the types they declare in :attr:`Serializer.handles`:
+    The built-in rules: xarray objects (Dataset, DataArray, DataTree) -> ``xarray.zarr``,
+    pandas DataFrames -> ``pandas.parquet``, numpy arrays (of a non-object dtype) ->
+    ``numpy.npy``. Registered serializers, those of the ``xpersist_sql.serializers`` entry
+    points included, take part through the types they declare in :attr:`Serializer.handles`:
 
     1. the candidate whose type comes first in ``type(value).__mro__`` wins, so a plugin
        declaring a subclass (``geopandas.GeoDataFrame``) is picked over the built-in rule for

@@ -1,7 +1,10 @@
 """Serializers for xarray objects: ``xarray.zarr`` and ``xarray.netcdf``.
 
 Both load lazily: :meth:`CacheStore.get` returns a dataset whose variables are read on access.
-A :class:`xarray.DataArray` is stored as a one-variable dataset and comes back as a DataArray.
+A :class:`xarray.DataArray` is stored as a one-variable dataset and comes back as a DataArray;
+a :class:`xarray.DataTree` is stored with its groups (zarr groups, netCDF groups) and comes back
+as a DataTree. ``load_kwargs={"chunks": {}}`` gives dask-backed variables and needs the
+``dask`` extra; a dask-backed value is written chunk by chunk, in parallel, by dask.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from ._local import is_local, local_target
 from .registry import Serializer, package_versions, register_serializer
 
 _AS_DATAARRAY = "as_dataarray"
+_AS_DATATREE = "as_datatree"
 
 
 #: How payloads are written unless ``dump_kwargs`` say otherwise: zarr format 3 (zarr-python 3's
@@ -43,6 +47,31 @@ def _is_dataarray(value: Any) -> bool:
     return isinstance(value, xr.DataArray)
 
 
+def _is_datatree(value: Any) -> bool:
+    import xarray as xr
+
+    return isinstance(value, xr.DataTree)
+
+
+def _shape_hints(value: Any) -> dict[str, Any]:
+    """Return the load hints that bring back the value's own type (DataArray, DataTree)."""
+    if _is_dataarray(value):
+        return {_AS_DATAARRAY: True}
+    if _is_datatree(value):
+        return {_AS_DATATREE: True}
+    return {}
+
+
+def _check_chunks(name: str, kwargs: dict[str, Any]) -> None:
+    """Refuse a chunked load without dask: a missing package, not a corrupt payload."""
+    if kwargs.get("chunks") is not None and importlib.util.find_spec("dask") is None:
+        raise MissingDependencyError(
+            f"serializer {name!r} needs dask for load_kwargs chunks={kwargs['chunks']!r} "
+            "(dask-backed variables): pip install 'xpersist_sql[dask]', or load without "
+            "chunks"
+        )
+
+
 @register_serializer("xarray.zarr")
 class XarrayZarrSerializer(Serializer):
     """A zarr store written by ``Dataset.to_zarr`` and opened by :func:`xarray.open_zarr`.
@@ -50,7 +79,8 @@ class XarrayZarrSerializer(Serializer):
     ``dump_kwargs`` go to ``to_zarr`` (e.g. ``encoding``, or ``{"zarr_format": 2}`` for readers
     of the older format), over :data:`ZARR_DEFAULTS` (format 3, consolidated metadata);
     ``load_kwargs`` to ``open_zarr`` (e.g. ``chunks``). A payload written with
-    ``consolidated=False`` records ``consolidated=False`` for its loads.
+    ``consolidated=False`` records ``consolidated=False`` for its loads. A DataTree is opened
+    with :func:`xarray.open_datatree`.
     """
 
     requires = ("xarray", "zarr", "numpy")
@@ -64,18 +94,21 @@ class XarrayZarrSerializer(Serializer):
         kwargs = {**ZARR_DEFAULTS, **kwargs}
         with _quiet_consolidated():
             value.to_zarr(self._store(fs, path), **kwargs)
-        hints: dict[str, Any] = {}
+        hints = _shape_hints(value)
         if not kwargs["consolidated"]:
             hints["consolidated"] = False  # else open_zarr looks for it, and warns
-        if _is_dataarray(value):
-            hints[_AS_DATAARRAY] = True
         return hints or None
 
     def load(self, fs: AbstractFileSystem, path: str, **kwargs: Any) -> Any:
         import xarray as xr
 
         as_dataarray = kwargs.pop(_AS_DATAARRAY, False)
+        as_datatree = kwargs.pop(_AS_DATATREE, False)
+        _check_chunks(self.name, kwargs)
         with _quiet_consolidated():
+            if as_datatree:
+                kwargs.setdefault("chunks", None)
+                return xr.open_datatree(self._store(fs, path), engine="zarr", **kwargs)
             if as_dataarray:
                 kwargs.setdefault("chunks", None)
                 return xr.open_dataarray(self._store(fs, path), engine="zarr", **kwargs)
@@ -115,17 +148,18 @@ class XarrayNetCDFSerializer(Serializer):
     ) -> dict[str, Any] | None:
         with local_target(fs, path, suffix=".nc") as target:
             value.to_netcdf(target, **kwargs)
-        hints: dict[str, Any] = {}
+        hints = _shape_hints(value)
         if "engine" in kwargs:
             hints["engine"] = kwargs["engine"]
-        if _is_dataarray(value):
-            hints[_AS_DATAARRAY] = True
         return hints or None
 
     def load(self, fs: AbstractFileSystem, path: str, **kwargs: Any) -> Any:
         import xarray as xr
 
         opener = xr.open_dataarray if kwargs.pop(_AS_DATAARRAY, False) else xr.open_dataset
+        if kwargs.pop(_AS_DATATREE, False):
+            opener = xr.open_datatree
+        _check_chunks(self.name, kwargs)
         if is_local(fs):
             return opener(path, **kwargs)
         kwargs.setdefault("engine", "h5netcdf")
