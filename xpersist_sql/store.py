@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import pickle
 import platform
@@ -13,7 +12,6 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 import platformdirs
-from pydantic_core import to_jsonable_python
 from sqlalchemy import Engine
 
 from ._version import __version__
@@ -37,6 +35,7 @@ from .legacy import LegacyImportReport, import_legacy_into
 from .maintenance import evict as _evict
 from .maintenance import gc as _gc
 from .maintenance import verify as _verify
+from .metadata import INT64_MAX, check_json_value, json_metadata
 from .models import Artifact, DuplicateKeyEnum
 from .query import (
     ArtifactQuery,
@@ -67,8 +66,6 @@ _TTL_RANGE = (
     f"a ttl is a duration greater than 0 and at most {MAX_TTL.days} days (about 1000 years): "
     "a timedelta, seconds or a string such as '12h' or '7d'; pass None for no expiry"
 )
-#: Integers in metadata, query filters and limits: what a signed 64-bit column holds.
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 #: A limit above this many rows is no limit.
 _NO_LIMIT_BEYOND = 2**31 - 1
 _YEAR_ONE = datetime(1, 1, 1, tzinfo=timezone.utc)
@@ -102,41 +99,6 @@ def _policy(value: DuplicateKeyEnum | str, where: str) -> DuplicateKeyEnum:
         raise ValueError(f"{where}{exc}") from None
 
 
-def _jsonable(value: Mapping[str, Any] | None, what: str) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise TypeError(f"{what} must be a dict, got {type(value).__name__}")
-    result: dict[str, Any] = to_jsonable_python(dict(value), fallback=repr)
-    return result
-
-
-def _check_numbers(value: Any, field: str, where: str) -> None:
-    """Refuse integers beyond 64 bits and non-finite floats anywhere in a JSON value.
-
-    Every index database stores and compares such metadata the same way: SQLite reads JSON
-    integers as 64-bit and PostgreSQL's JSON has no NaN or infinity.
-    """
-    if isinstance(value, Mapping):
-        for name, item in value.items():
-            _check_numbers(item, f"{field}[{name!r}]", where)
-    elif isinstance(value, (list, tuple)):
-        for position, item in enumerate(value):
-            _check_numbers(item, f"{field}[{position}]", where)
-    elif isinstance(value, int) and not isinstance(value, bool):
-        if not INT64_MIN <= value <= INT64_MAX:
-            raise ValueError(
-                f"{where}{field} = {value} is out of range: integers in metadata must lie "
-                f"between {INT64_MIN} and {INT64_MAX} (signed 64 bits), which every index "
-                "database stores and compares exactly; store a larger number as a str"
-            )
-    elif isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(
-            f"{where}{field} = {value!r} is not a JSON number: metadata floats must be finite; "
-            "store it as a str or None"
-        )
-
-
 def _time_bound(name: str, value: TimeBound, now: datetime) -> datetime:
     """``parse_time``, whose refusal of a duration reaching before the year 1 gives the range."""
     try:
@@ -168,9 +130,11 @@ def _query_spec(filters: dict[str, Any]) -> ArtifactQuery:
         filters["limit"] = None
     metadata = filters.get("metadata")
     if isinstance(metadata, Mapping):
-        for name, item in metadata.items():
-            if isinstance(item, int):
-                _check_numbers(item, f"metadata[{name!r}]", "query: ")
+        # compared with recorded metadata, so converted as put converts it
+        filters["metadata"] = {
+            name: check_json_value(item, f"metadata[{name!r}]", "query: ")
+            for name, item in metadata.items()
+        }
     if filters.get("now") is None:
         now = filters["now"] = datetime.now(timezone.utc)
         for name in ("since", "until"):
@@ -428,8 +392,11 @@ class CacheStore:
         SerializationError
             The serializer cannot write the value (nothing is left behind).
         ValueError
-            An unknown ``on_duplicate_key``, a ``ttl`` out of range, metadata integers beyond
-            64 bits or non-finite floats.
+            An unknown ``on_duplicate_key``, a ``ttl`` out of range, or metadata (in
+            ``additional_metadata``, ``load_kwargs`` or ``dump_kwargs``) that would not read
+            back as given: integers beyond 64 bits, NaN or infinities, lone surrogates,
+            non-string keys, objects that are not JSON (see :mod:`xpersist_sql.metadata` for
+            the types converted explicitly).
         """
         self._check_writable("put", key)
         key = validate_key(key, store=self.path)
@@ -441,8 +408,10 @@ class CacheStore:
         policy = _policy(
             self.on_duplicate_key if on_duplicate_key is None else on_duplicate_key, where
         )
-        metadata = _jsonable(additional_metadata, "additional_metadata")
-        _check_numbers(metadata, "additional_metadata", where)
+        # everything recorded must read back as it is: checked before any work is done
+        metadata = json_metadata(additional_metadata, "additional_metadata", where)
+        recorded_load = json_metadata(load_kwargs, "load_kwargs", where)
+        recorded_dump = json_metadata(dump_kwargs, "dump_kwargs", where)
         storage = self._storage
         storage.check_path(key)  # no symlink on the way, before any work
 
@@ -468,11 +437,8 @@ class CacheStore:
             artifact = Artifact(
                 key=key,
                 serializer=name,
-                load_kwargs={
-                    **_jsonable(hints, "load hints"),
-                    **_jsonable(load_kwargs, "load_kwargs"),
-                },
-                dump_kwargs=_jsonable(dump_kwargs, "dump_kwargs"),
+                load_kwargs={**json_metadata(hints, "load hints", where), **recorded_load},
+                dump_kwargs=recorded_dump,
                 additional_metadata=metadata,
                 created_at=now,
                 size_bytes=stat.size_bytes,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -156,7 +156,9 @@ class XarrayNetCDFSerializer(Serializer):
     def load(self, fs: AbstractFileSystem, path: str, **kwargs: Any) -> Any:
         import xarray as xr
 
-        opener = xr.open_dataarray if kwargs.pop(_AS_DATAARRAY, False) else xr.open_dataset
+        opener: Callable[..., Any] = (
+            xr.open_dataarray if kwargs.pop(_AS_DATAARRAY, False) else xr.open_dataset
+        )
         if kwargs.pop(_AS_DATATREE, False):
             opener = xr.open_datatree
         _check_chunks(self.name, kwargs)
