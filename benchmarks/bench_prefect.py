@@ -147,7 +147,8 @@ def run(quick: bool) -> list[dict[str, Any]]:
             },
             restore_defaults={PREFECT_API_URL},
         )
-        with settings, prefect_test_harness():
+        # a loaded machine has needed over 30 s (the default) to start the server
+        with settings, prefect_test_harness(server_startup_timeout=180):
             return _measure(quick, workdir)
 
 

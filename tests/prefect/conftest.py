@@ -36,7 +36,7 @@ class LogRecords:
 
 @pytest.fixture
 def task_logs() -> Iterator[LogRecords]:
-    """Collect what ``get_run_logger()`` logs in task runs (Prefect's ``prefect.task_runs``)."""
+    """Collect what ``get_run_logger()`` logs in task and flow runs."""
     import logging
 
     collected = LogRecords()
@@ -46,7 +46,8 @@ def task_logs() -> Iterator[LogRecords]:
             collected.records.append((record.levelno, record.getMessage()))
 
     handler = _Handler(level=logging.DEBUG)
-    loggers = [logging.getLogger("prefect.task_runs"), logging.getLogger("xpersist_sql.prefect")]
+    names = ("prefect.task_runs", "prefect.flow_runs", "xpersist_sql.prefect")
+    loggers = [logging.getLogger(name) for name in names]
     for logger in loggers:
         logger.addHandler(handler)
     try:

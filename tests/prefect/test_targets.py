@@ -160,8 +160,12 @@ def test_invalid_arguments_are_refused(pstore: CacheStore) -> None:
     with pytest.raises(TypeError, match="target must be a str or a callable, got int"):
         xpersist_task(body, target=3, store=pstore)  # type: ignore[arg-type]
     made = xpersist_task(body, target="x.json", store=pstore)
-    with pytest.raises(TypeError, match=r"cache_expiration=: .* use ttl= instead"):
-        made.with_options(cache_expiration=timedelta(days=1))
+    with pytest.raises(TypeError, match=r"cache_policy=: .* use target= \(and isolation_level=\)"):
+        made.with_options(cache_policy=object())
+    with pytest.raises(TypeError, match=r"cache_expiration must be a datetime\.timedelta"):
+        made.with_options(cache_expiration=3600)
+    with pytest.raises(TypeError, match="one of ttl= and cache_expiration="):
+        xpersist_task(body, target="x.json", store=pstore, ttl=1, cache_expiration=timedelta(1))
     with pytest.raises(TypeError, match="'made' is already a Prefect task"):
         xpersist_task(target="x.json", store=pstore)(made.with_options(name="made"))
 

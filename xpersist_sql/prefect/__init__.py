@@ -13,6 +13,7 @@ except ImportError as exc:  # the [prefect] extra is not installed
         "pip install 'xpersist_sql[prefect]'"
     ) from exc
 
+from ._ambiguity import AmbiguousTargetWarning
 from ._context import TEMPLATE_NAMES, RunContext, TargetTemplateError, render_target
 from ._lock_manager import StoreLockManager
 from ._result import XpersistResult
@@ -22,6 +23,7 @@ __all__ = [
     "CACHED_STATE_NAME",
     "REFRESH_ENV",
     "TEMPLATE_NAMES",
+    "AmbiguousTargetWarning",
     "RunContext",
     "StoreLockManager",
     "TargetTemplateError",

@@ -4,12 +4,54 @@ from __future__ import annotations
 
 import copy
 import threading
+from collections.abc import Mapping
 from typing import Any
 
+from ..metadata import json_metadata
 from ..models import DuplicateKeyEnum
+from ..serializers import get_serializer
 from ..store import CacheStore
 
-__all__ = ["XpersistResult"]
+__all__ = ["XpersistResult", "check_serializer_settings"]
+
+
+def check_serializer_settings(
+    serializer: str,
+    dump_kwargs: Mapping[str, Any] | None,
+    load_kwargs: Mapping[str, Any] | None,
+    where: str,
+) -> None:
+    """Check a declared serializer and its settings before any task body runs.
+
+    The serializer must be registered (or ``"auto"``) with its packages installed, and the
+    dump/load keyword arguments must survive the JSON round trip they make through the index.
+
+    Parameters
+    ----------
+    serializer : str
+        A registered serializer name, or ``"auto"``.
+    dump_kwargs, load_kwargs : dict, optional
+        The serializer's keyword arguments.
+    where : str
+        What is being declared, for the messages (``"xpersist_task 'get_data'"``).
+
+    Raises
+    ------
+    SerializerNotFoundError
+        An unknown serializer (the message lists the known ones).
+    MissingDependencyError
+        The serializer needs a package that is not installed (the message names the extra).
+    TypeError
+        A name that is not a str, or kwargs that are not a dict.
+    ValueError
+        Kwargs that do not survive a JSON round trip (the message names the field).
+    """
+    if not isinstance(serializer, str):
+        raise TypeError(f"{where}: serializer must be a str, got {type(serializer).__name__}")
+    if serializer != "auto":
+        get_serializer(serializer).check_requirements()
+    for name, kwargs in (("dump_kwargs", dump_kwargs), ("load_kwargs", load_kwargs)):
+        json_metadata(kwargs, name, f"{where}: ")  # as put checks them, before any body runs
 
 
 class XpersistResult:
@@ -27,6 +69,14 @@ class XpersistResult:
         Keyword arguments of the serializer's dump (e.g. ``{"mode": "w"}`` for zarr).
     serializer_load_kwargs : dict, optional
         Keyword arguments of the serializer's load on a cache hit.
+
+    Raises
+    ------
+    SerializerNotFoundError, MissingDependencyError
+        An unknown serializer, or one whose packages are not installed: checked here, before
+        any task body runs.
+    ValueError
+        Kwargs that do not survive a JSON round trip (the message names the field).
 
     Examples
     --------
@@ -51,6 +101,9 @@ class XpersistResult:
                 f"XpersistResult needs a CacheStore, got {type(store).__name__}; create one with "
                 "CacheStore('/path/to/cache')"
             )
+        check_serializer_settings(
+            serializer, serializer_dump_kwargs, serializer_load_kwargs, "XpersistResult"
+        )
         self.store = store
         self.serializer = serializer
         self.serializer_dump_kwargs: dict[str, Any] = dict(serializer_dump_kwargs or {})

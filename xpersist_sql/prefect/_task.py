@@ -1,37 +1,48 @@
 """``xpersist_task``: a Prefect 3 task whose value lives in a :class:`CacheStore`.
 
-The task's function is wrapped: the wrapper captures the run context, renders the target, and
-either loads the stored value (returning ``Completed(name="Cached")`` without running the body) or
-runs the body and puts its value in the store. Prefect's own caching and result persistence are
-turned off for these tasks (``cache_policy=NO_CACHE``, ``persist_result=False``): the value is
-stored once, by the store, in its native format.
+``task.fn`` is the plain body. What Prefect's engine runs is a copy of the task whose function
+is a caching wrapper: the wrapper captures the run context, renders the target, and either loads
+the stored value (returning ``Completed(name="Cached")`` without running the body) or runs the
+body and puts its value in the store. Prefect's own caching and result persistence are turned
+off for these tasks (``cache_policy=NO_CACHE``, ``persist_result=False``): the value is stored
+once, by the store, in its native format. Prefect's caching options keep their meaning
+(``refresh_cache``, ``PREFECT_TASKS_REFRESH_CACHE``, ``cache_expiration``, ``isolation_level``,
+transactions); see docs/design.md, "Prefect integration", for why this is not a ``CachePolicy``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import functools
 import inspect
 import logging
 import os
+import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
 
 from prefect import State, Task
 from prefect.cache_policies import NO_CACHE
+from prefect.context import TaskRunContext
 from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
 from prefect.results import ResultRecord  # type: ignore[attr-defined]
+from prefect.settings import get_current_settings
 from prefect.states import Completed
+from prefect.transactions import BaseTransaction, IsolationLevel, get_transaction
+from prefect.utilities.callables import expand_mapping_parameters, get_call_parameters
 
-from ..db.locks import KeyLock
 from ..errors import ArtifactNotFoundError, PayloadLoadError, PayloadMissingError
+from ..models import Artifact
 from ..storage import validate_key
 from ..store import CacheStore
+from ._ambiguity import TargetKeys, check_calls, check_rendered, target_keys
 from ._context import RunContext, Target, render_target
-from ._result import XpersistResult
+from ._lock_manager import StoreLockManager
+from ._result import XpersistResult, check_serializer_settings
 
 __all__ = ["CACHED_STATE_NAME", "REFRESH_ENV", "XpersistTask", "xpersist_task"]
 
@@ -48,10 +59,8 @@ _MODULE_LOGGER = logging.getLogger("xpersist_sql.prefect")
 
 #: Prefect options that would cache or persist the value a second time, and what to use instead.
 _CONFLICTING_OPTIONS = {
-    "cache_policy": "target=",
+    "cache_policy": "target= (and isolation_level=)",
     "cache_key_fn": "target=",
-    "cache_expiration": "ttl=",
-    "refresh_cache": "refresh=",
     "result_storage_key": "target=",
     "result_storage": "XpersistResult(store)",
     "result_serializer": "serializer=",
@@ -72,9 +81,20 @@ def _check_options(options: dict[str, Any]) -> None:
         )
 
 
-def refresh_requested(refresh: bool = False) -> bool:
-    """Return whether a task must recompute: ``refresh=True`` or ``$XPERSIST_SQL_REFRESH=1``."""
-    return refresh or os.environ.get(REFRESH_ENV, "").strip().lower() in _TRUE
+def refresh_requested(refresh: bool = False, refresh_cache: bool | None = None) -> bool:
+    """Return whether a task must recompute (and overwrite) its stored value.
+
+    ``refresh=True`` always does. Otherwise Prefect's rule: the task's ``refresh_cache`` when it
+    is set (``False`` included), else the setting ``PREFECT_TASKS_REFRESH_CACHE`` or the
+    environment variable ``XPERSIST_SQL_REFRESH=1``.
+    """
+    if refresh:
+        return True
+    if refresh_cache is not None:
+        return bool(refresh_cache)
+    if os.environ.get(REFRESH_ENV, "").strip().lower() in _TRUE:
+        return True
+    return bool(get_current_settings().tasks.refresh_cache)
 
 
 def _logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
@@ -89,19 +109,26 @@ class _Spec:
     """What one xpersist task stores, where, and how."""
 
     fn: Callable[..., Any]
-    name: str
     result: XpersistResult
     target: Target
     serializer: str
     dump_kwargs: dict[str, Any] = field(default_factory=dict)
     load_kwargs: dict[str, Any] = field(default_factory=dict)
     refresh: bool = False
-    ttl: timedelta | float | None = None
-    serializable: bool = False
+    ttl: timedelta | float | str | None = None
+    #: "READ_COMMITTED", "SERIALIZABLE", or None: the isolation level of the run's transaction
+    isolation: str | None = None
+    keys: TargetKeys = field(default_factory=lambda: TargetKeys("unique"))
+    #: identifies the task (and its ``with_options`` copies) for the once-per-task warning
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)
+    locks: StoreLockManager | None = field(default=None, compare=False)
 
     @property
     def store(self) -> CacheStore:
         return self.result.store
+
+    def lock_manager(self) -> StoreLockManager:
+        return self.locks if self.locks is not None else StoreLockManager(self.store)
 
     def target_text(self) -> str:
         if callable(self.target):
@@ -109,27 +136,83 @@ class _Spec:
         return self.target
 
 
+def _isolation_of(transaction: BaseTransaction | None) -> str | None:
+    level = getattr(transaction, "isolation_level", None)
+    return None if level is None else str(getattr(level, "value", level)).upper()
+
+
+class _RemoveOnRollback:
+    """A transaction's rollback hook: remove the value this task run stored (if still there)."""
+
+    def __init__(self, store: CacheStore, artifact: Artifact) -> None:
+        self.store = store
+        self.artifact = artifact
+        self.__name__ = f"remove {artifact.key!r} from the store"
+
+    def __call__(self, transaction: BaseTransaction) -> None:
+        key = self.artifact.key
+        try:
+            current = self.store.get_artifact(key)
+        except ArtifactNotFoundError:
+            return
+        if current.created_at != self.artifact.created_at:
+            return  # replaced since by another writer: theirs, not this transaction's
+        try:
+            self.store.delete(key)
+        except ArtifactNotFoundError:
+            return
+        _logger().info(
+            "removed %r from store %r: the transaction that stored it rolled back",
+            key,
+            self.store.path,
+        )
+
+
 @dataclass
 class _Call:
-    """One call of an xpersist task: its context, key and the outcome of the lookup."""
+    """One task run of an xpersist task: its context, key and the outcome of the lookup."""
 
     spec: _Spec
     context: RunContext
     key: str
     refresh: bool
+    ttl: timedelta | float | str | None
     broken: bool = False
 
     @classmethod
     def begin(cls, spec: _Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Call:
         """Capture the context and render the key (before the body runs)."""
-        context = RunContext.capture(spec.fn, spec.name, args, kwargs)
+        context = RunContext.capture(spec.fn, getattr(spec.fn, "__name__", "task"), args, kwargs)
         key = validate_key(render_target(spec.target, context), store=spec.store.path)
-        return cls(spec=spec, context=context, key=key, refresh=refresh_requested(spec.refresh))
+        task_ctx = TaskRunContext.get()
+        task = task_ctx.task if task_ctx is not None else None
+        expiration = getattr(task, "cache_expiration", None)
+        if spec.keys.kind == "dynamic":
+            check_rendered(
+                spec.token,
+                context.task_name,
+                cast(Callable[..., Any], spec.target),
+                context.flow_run_id,
+                key,
+                context.parameters,
+            )
+        return cls(
+            spec=spec,
+            context=context,
+            key=key,
+            refresh=refresh_requested(spec.refresh, getattr(task, "refresh_cache", None)),
+            ttl=expiration if expiration is not None else spec.ttl,
+        )
 
     @property
     def location(self) -> str:
         """Where the payload lives: ``<store path>/<key>``."""
         return f"{self.spec.store.path.rstrip('/')}/{self.key}"
+
+    def serializable(self) -> bool:
+        """Whether this run computes a missing value under the store's lock on the key."""
+        level = self.spec.isolation or _isolation_of(get_transaction())
+        return level == "SERIALIZABLE"
 
     def lookup(self) -> tuple[bool, Any]:
         """Load the stored value: ``(True, value)`` on a valid hit, ``(False, None)`` else.
@@ -153,14 +236,13 @@ class _Call:
                 exc,
             )
             return False, None
-        if not self.context.in_task_run:
-            # Inside a task run Prefect itself logs the final state, whose message says where
-            # the value was loaded from; a second log record would cost ~2 ms per hit.
-            _MODULE_LOGGER.info("loaded from cache at %s", self.location)
         return True, value
 
-    def save(self, value: Any) -> None:
-        """Put the body's value under the key (overwriting on refresh or a broken hit)."""
+    def save(self, value: Any) -> Artifact | None:
+        """Put the body's value under the key (overwriting on refresh or a broken hit).
+
+        Returns the artifact when this run wrote it (not when the store kept another writer's).
+        """
         spec = self.spec
         if spec.store.readonly:
             _logger().warning(
@@ -168,23 +250,31 @@ class _Call:
                 spec.store.path,
                 self.key,
             )
-            return
+            return None
         store = spec.result.overwriting_store() if self.refresh or self.broken else spec.store
         metadata = {**self.context.metadata(), "target": spec.target_text()}
-        store.put(
+        before = datetime.now(timezone.utc)
+        artifact = store.put(
             self.key,
             value,
             serializer=spec.serializer,
             dump_kwargs=spec.dump_kwargs or None,
             load_kwargs=spec.load_kwargs or None,
             additional_metadata=metadata,
-            ttl=spec.ttl,
+            ttl=self.ttl,
         )
-        _logger().info("stored result at %s", self.location)
+        written = artifact.created_at >= before and (
+            artifact.additional_metadata.get("task_run_id") == self.context.task_run_id
+        )
+        if written:
+            _logger().info("stored result at %s", self.location)
+        return artifact if written else None
 
-    def lock(self) -> KeyLock | None:
-        """Return the store's (unacquired) lock on the key for ``SERIALIZABLE`` tasks, or None."""
-        return self.spec.store.key_lock(self.key) if self.spec.serializable else None
+    def undo_on_rollback(self, artifact: Artifact | None) -> None:
+        """Remove the stored value if the run's transaction (or one it is part of) rolls back."""
+        transaction = get_transaction()
+        if artifact is not None and transaction is not None:
+            transaction.on_rollback_hooks.append(_RemoveOnRollback(self.spec.store, artifact))
 
     def hit(self, value: Any) -> Any:
         """Return what the wrapper returns on a hit: a ``Cached`` state inside a task run."""
@@ -203,22 +293,23 @@ def _sync_wrapper(spec: _Spec) -> Callable[..., Any]:
         found, value = call.lookup()
         if found:
             return call.hit(value)
-        lock = call.lock()
-        if lock is not None:
-            lock.acquire()
+        locks = spec.lock_manager() if call.serializable() else None
+        holder = uuid.uuid4().hex
+        if locks is not None:
+            locks.acquire_lock(call.key, holder)
         try:
-            if lock is not None:
+            if locks is not None:
                 # another run may have stored the value while this one waited for the lock
                 found, value = call.lookup()
                 if found:
                     return call.hit(value)
             value = fn(*args, **kwargs)
             if not isinstance(value, State):
-                call.save(value)
+                call.undo_on_rollback(call.save(value))
             return value
         finally:
-            if lock is not None:
-                lock.release()
+            if locks is not None:
+                locks.release_lock(call.key, holder)
 
     return wrapper
 
@@ -232,21 +323,22 @@ def _async_wrapper(spec: _Spec) -> Callable[..., Coroutine[Any, Any, Any]]:
         found, value = await asyncio.to_thread(call.lookup)
         if found:
             return call.hit(value)
-        lock = call.lock()
-        if lock is not None:
-            await asyncio.to_thread(lock.acquire)
+        locks = spec.lock_manager() if call.serializable() else None
+        holder = uuid.uuid4().hex
+        if locks is not None:
+            await locks.aacquire_lock(call.key, holder)
         try:
-            if lock is not None:
+            if locks is not None:
                 found, value = await asyncio.to_thread(call.lookup)
                 if found:
                     return call.hit(value)
             value = await fn(*args, **kwargs)
             if not isinstance(value, State):
-                await asyncio.to_thread(call.save, value)
+                call.undo_on_rollback(await asyncio.to_thread(call.save, value))
             return value
         finally:
-            if lock is not None:
-                lock.release()
+            if locks is not None:
+                await asyncio.to_thread(locks.release_lock, call.key, holder)
 
     return wrapper
 
@@ -268,9 +360,40 @@ async def _unwrap_async(awaitable: Awaitable[Any]) -> Any:
 class XpersistTask(Task[P, R], Generic[P, R]):
     """A Prefect task made by :func:`xpersist_task`.
 
-    It behaves as a :class:`prefect.Task`; a direct call that hits the cache returns the stored
-    value (not the ``Cached`` state), and :meth:`with_options` keeps it an ``XpersistTask``.
+    It behaves as a :class:`prefect.Task`: ``task.fn`` is the plain body (a unit test calls
+    ``task.fn(x)`` without touching the store); calling the task, ``.submit()`` and ``.map()``
+    run it with the cache. A direct call that hits the cache returns the stored value (not the
+    ``Cached`` state), and :meth:`with_options` keeps it an ``XpersistTask``.
     """
+
+    _xpersist_spec: _Spec
+    _xpersist_wrapper: Callable[..., Any]
+
+    def _caching_run(self) -> Task[..., Any]:
+        """Return the task Prefect's engine runs: a copy whose function is the caching wrapper."""
+        run = cast("Task[..., Any]", copy.copy(self))
+        run.__class__ = Task
+        run.fn = self._xpersist_wrapper
+        return run
+
+    def _check_calls(self, calls: list[dict[str, Any]]) -> None:
+        spec = self._xpersist_spec
+        check_calls(
+            spec.token,
+            (self.name, tuple(sorted(self.tags))),
+            self.name,
+            spec.target,
+            spec.keys,
+            calls,
+        )
+
+    def _parameters(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[dict[str, Any]]:
+        if self._xpersist_spec.keys.kind != "static":
+            return []
+        try:
+            return [get_call_parameters(self.fn, args, kwargs)]
+        except Exception:  # Prefect reports a bad call itself
+            return []
 
     def __call__(  # type: ignore[override]
         self,
@@ -280,23 +403,78 @@ class XpersistTask(Task[P, R], Generic[P, R]):
         **kwargs: Any,
     ) -> Any:
         """Run the task and return its value (or its final state with ``return_state=True``)."""
-        task = cast("Task[..., Any]", self)
+        self._check_calls(self._parameters(args, kwargs))
+        run = self._caching_run()
         if return_state:
-            return Task.__call__(task, *args, return_state=True, wait_for=wait_for, **kwargs)
-        out: Any = Task.__call__(task, *args, wait_for=wait_for, **kwargs)
+            return Task.__call__(run, *args, return_state=True, wait_for=wait_for, **kwargs)
+        out: Any = Task.__call__(run, *args, wait_for=wait_for, **kwargs)
         if inspect.isawaitable(out):
             return _unwrap_async(out)
         return _unwrap(out)
 
+    def submit(  # type: ignore[override]
+        self,
+        *args: Any,
+        return_state: bool = False,
+        wait_for: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Submit a run of the task to the flow's task runner (see :meth:`prefect.Task.submit`)."""
+        self._check_calls(self._parameters(args, kwargs))
+        run = self._caching_run()
+        return Task.submit(run, *args, return_state=return_state, wait_for=wait_for, **kwargs)
+
+    def map(
+        self,
+        *args: Any,
+        return_state: bool = False,
+        wait_for: Any = None,
+        deferred: bool = False,
+        **kwargs: Any,
+    ) -> Any:
+        """Submit one run per element of the iterable arguments (see :meth:`prefect.Task.map`)."""
+        if self._xpersist_spec.keys.kind == "static":
+            try:
+                parameters = get_call_parameters(self.fn, args, kwargs, apply_defaults=False)
+                calls = expand_mapping_parameters(self.fn, parameters)
+            except Exception:  # Prefect reports a bad map itself
+                calls = []
+            self._check_calls(calls)
+        run = self._caching_run()
+        return Task.map(
+            run, *args, return_state=return_state, wait_for=wait_for, deferred=deferred, **kwargs
+        )
+
     def with_options(self, **options: Any) -> XpersistTask[P, R]:
         """Return a copy with other Prefect options (e.g. ``tags``, ``retries``, ``name``).
 
-        The caching options stay those given to :func:`xpersist_task`.
+        The store, target and serializer stay those given to :func:`xpersist_task`; Prefect's
+        ``refresh_cache`` and ``cache_expiration`` may be changed here.
         """
         _check_options(options)
+        _check_expiration(options.get("cache_expiration"), None)
         new = Task.with_options(cast("Task[P, R]", self), **options)
         new.__class__ = type(self)
-        return cast(XpersistTask[P, R], new)
+        made = cast(XpersistTask[P, R], new)
+        made._xpersist_spec = self._xpersist_spec
+        made._xpersist_wrapper = self._xpersist_wrapper
+        return made
+
+
+def _check_expiration(cache_expiration: Any, ttl: Any) -> None:
+    if cache_expiration is None:
+        return
+    if not isinstance(cache_expiration, timedelta):
+        raise TypeError(
+            f"cache_expiration must be a datetime.timedelta, got {cache_expiration!r} "
+            "(ttl= also takes seconds or '7d'-style strings)"
+        )
+    if ttl is not None:
+        raise TypeError(
+            "give one of ttl= and cache_expiration= (they mean the same: how long the stored "
+            f"value counts as present), not both; got ttl={ttl!r} and "
+            f"cache_expiration={cache_expiration!r}"
+        )
 
 
 @overload
@@ -310,8 +488,10 @@ def xpersist_task(
     dump_kwargs: dict[str, Any] | None = None,
     load_kwargs: dict[str, Any] | None = None,
     refresh: bool = False,
-    ttl: timedelta | float | None = None,
-    isolation_level: str | None = None,
+    ttl: timedelta | float | str | None = None,
+    refresh_cache: bool | None = None,
+    cache_expiration: timedelta | None = None,
+    isolation_level: str | IsolationLevel | None = None,
     **task_options: Any,
 ) -> XpersistTask[P, R]: ...
 
@@ -327,8 +507,10 @@ def xpersist_task(
     dump_kwargs: dict[str, Any] | None = None,
     load_kwargs: dict[str, Any] | None = None,
     refresh: bool = False,
-    ttl: timedelta | float | None = None,
-    isolation_level: str | None = None,
+    ttl: timedelta | float | str | None = None,
+    refresh_cache: bool | None = None,
+    cache_expiration: timedelta | None = None,
+    isolation_level: str | IsolationLevel | None = None,
     **task_options: Any,
 ) -> Callable[[Callable[P, R]], XpersistTask[P, R]]: ...
 
@@ -343,8 +525,10 @@ def xpersist_task(
     dump_kwargs: dict[str, Any] | None = None,
     load_kwargs: dict[str, Any] | None = None,
     refresh: bool = False,
-    ttl: timedelta | float | None = None,
-    isolation_level: str | None = None,
+    ttl: timedelta | float | str | None = None,
+    refresh_cache: bool | None = None,
+    cache_expiration: timedelta | None = None,
+    isolation_level: str | IsolationLevel | None = None,
     **task_options: Any,
 ) -> XpersistTask[P, R] | Callable[[Callable[P, R]], XpersistTask[P, R]]:
     """Make a Prefect task whose value is cached in a :class:`~xpersist_sql.CacheStore`.
@@ -372,28 +556,52 @@ def xpersist_task(
     dump_kwargs, load_kwargs : dict, optional
         Override ``result.serializer_dump_kwargs`` / ``serializer_load_kwargs``.
     refresh : bool
-        Always run the body and overwrite the stored value (also for every task of a run with
-        the environment variable ``XPERSIST_SQL_REFRESH=1``).
-    ttl : timedelta or float, optional
-        Time to live (seconds) of the stored value; an expired value is a miss.
-    isolation_level : {"READ_COMMITTED", "SERIALIZABLE"}, optional
+        Always run the body and overwrite the stored value.
+    ttl : timedelta, float or str, optional
+        Time to live of the stored value (a ``timedelta``, seconds, or ``"7d"``-style); an
+        expired value is a miss.
+    refresh_cache : bool, optional
+        Prefect's option, with Prefect's meaning: ``True`` recomputes and overwrites the stored
+        value; ``False`` uses it even when the setting ``PREFECT_TASKS_REFRESH_CACHE`` (or the
+        environment variable ``XPERSIST_SQL_REFRESH=1``) asks every task of a run to refresh;
+        ``None`` (default) follows them.
+    cache_expiration : timedelta, optional
+        Prefect's name for ``ttl`` (give one of the two).
+    isolation_level : {"READ_COMMITTED", "SERIALIZABLE"} or IsolationLevel, optional
         ``"SERIALIZABLE"`` (or ``prefect.transactions.IsolationLevel.SERIALIZABLE``): on a miss,
-        take the store's lock on the key (:meth:`CacheStore.lock`, shared by every process and
-        machine using the index), look again, and only then compute: concurrent runs compute a
-        missing target once, the others wait and load it. Hits never take the lock.
+        take the store's lock on the key (:class:`StoreLockManager`, shared by every process
+        and machine using the index), look again, and only then compute: concurrent runs
+        compute a missing target once, the others wait and load it. Hits never take the lock.
+        ``None`` (default): the isolation level of the Prefect transaction the task runs in
+        (``with transaction(isolation_level=...)``), else ``READ_COMMITTED``.
     **task_options
         Any option of :func:`prefect.task` (``name``, ``tags``, ``retries``,
-        ``task_run_name``...), except those that would cache or persist the value a second time.
+        ``task_run_name``...), except those that would cache or persist the value a second time
+        (``cache_policy``, ``cache_key_fn``, ``result_storage``, ``persist_result=True``...).
 
     Returns
     -------
     XpersistTask
-        A real Prefect task: call it, ``.submit()`` it, ``.map()`` it.
+        A real Prefect task: call it, ``.submit()`` it, ``.map()`` it. ``task.fn`` is the plain
+        body, which does not touch the store.
 
     Raises
     ------
     TypeError
-        Neither or both of ``result`` and ``store``, or a Prefect caching option.
+        Neither or both of ``result`` and ``store``, a Prefect option that would cache the value
+        a second time, or both ``ttl`` and ``cache_expiration``.
+    SerializerNotFoundError, MissingDependencyError
+        An unknown serializer, or one whose packages are not installed: checked here, before
+        any body runs.
+    ValueError
+        An unknown ``isolation_level``, or serializer kwargs that do not survive a JSON round
+        trip.
+
+    Warns
+    -----
+    AmbiguousTargetWarning
+        Once per task, when calls of one flow run (a ``.map``, or two calls) differ in a
+        parameter the target does not use: they would share one key.
 
     Notes
     -----
@@ -403,7 +611,8 @@ def xpersist_task(
     validated: a row whose payload is missing or unreadable is a miss that logs a warning,
     recomputes and overwrites. A body that raises stores nothing. Two runs storing the same
     missing target at once follow the store's ``on_duplicate_key``. On a readonly store, hits
-    are served and misses are computed but not stored (with a warning).
+    are served and misses are computed but not stored (with a warning). A value stored inside
+    a Prefect transaction (``with transaction():``) is removed if that transaction rolls back.
 
     Examples
     --------
@@ -413,10 +622,10 @@ def xpersist_task(
     >>> @xpersist_task(store=store, target="answer.json", serializer="json")
     ... def answer() -> dict:
     ...     return {"answer": 42}
-    >>> answer.fn()  # the body, cached without a task run
+    >>> answer.fn()  # the plain body: no task run, no cache
     {'answer': 42}
     >>> store.keys()
-    ['answer.json']
+    []
     """
     if (result is None) == (store is None):
         raise TypeError(
@@ -431,15 +640,26 @@ def xpersist_task(
     if not (isinstance(target, str) or callable(target)):
         raise TypeError(f"target must be a str or a callable, got {type(target).__name__}")
     _check_options(task_options)
-    level = str(getattr(isolation_level, "value", isolation_level or "READ_COMMITTED")).upper()
-    if level not in ("READ_COMMITTED", "SERIALIZABLE"):
-        raise ValueError(
-            f"isolation_level must be 'READ_COMMITTED' or 'SERIALIZABLE', got {isolation_level!r}"
-        )
+    _check_expiration(cache_expiration, ttl)
+    isolation = None
+    if isolation_level is not None:
+        isolation = str(getattr(isolation_level, "value", isolation_level)).upper()
+        if isolation not in ("READ_COMMITTED", "SERIALIZABLE"):
+            raise ValueError(
+                "isolation_level must be 'READ_COMMITTED' or 'SERIALIZABLE' (or "
+                f"prefect.transactions.IsolationLevel), got {isolation_level!r}"
+            )
+    chosen = serializer or result.serializer
+    chosen_dump = dump_kwargs if dump_kwargs is not None else result.serializer_dump_kwargs
+    chosen_load = load_kwargs if load_kwargs is not None else result.serializer_load_kwargs
     options: dict[str, Any] = {
         **task_options,
         "cache_policy": NO_CACHE,
         "persist_result": False,
+        # kept on the task, as Prefect does: the engine-side wrapper reads them from the task
+        # run's task, so that ``with_options(refresh_cache=...)`` works too
+        "refresh_cache": refresh_cache,
+        "cache_expiration": cache_expiration,
     }
     settings = result
 
@@ -449,24 +669,27 @@ def xpersist_task(
                 f"{body.name!r} is already a Prefect task; apply xpersist_task to the plain "
                 "function instead of @task"
             )
+        name = str(options.get("name") or getattr(body, "__name__", "task"))
+        check_serializer_settings(chosen, chosen_dump, chosen_load, f"xpersist_task {name!r}")
         spec = _Spec(
             fn=body,
-            name=str(options.get("name") or getattr(body, "__name__", "task")),
             result=settings,
             target=target,
-            serializer=serializer or settings.serializer,
-            dump_kwargs=dict(
-                dump_kwargs if dump_kwargs is not None else settings.serializer_dump_kwargs
-            ),
-            load_kwargs=dict(
-                load_kwargs if load_kwargs is not None else settings.serializer_load_kwargs
-            ),
+            serializer=chosen,
+            dump_kwargs=dict(chosen_dump),
+            load_kwargs=dict(chosen_load),
             refresh=bool(refresh),
             ttl=ttl,
-            serializable=level == "SERIALIZABLE",
+            isolation=isolation,
+            keys=target_keys(target),
+            locks=StoreLockManager(settings.store),
         )
-        wrapper = _async_wrapper(spec) if inspect.iscoroutinefunction(body) else _sync_wrapper(spec)
-        return XpersistTask(fn=cast(Callable[P, R], wrapper), **options)
+        made: XpersistTask[P, R] = XpersistTask(fn=body, **options)
+        made._xpersist_spec = spec
+        made._xpersist_wrapper = (
+            _async_wrapper(spec) if inspect.iscoroutinefunction(body) else _sync_wrapper(spec)
+        )
+        return made
 
     if fn is None:
         return decorate
