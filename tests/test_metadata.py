@@ -8,7 +8,9 @@ objects that are not JSON. Datetimes and numpy scalars are converted explicitly.
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,10 @@ import pytest
 
 from xpersist_sql import CacheStore
 from xpersist_sql.metadata import json_metadata
+
+
+class Kind(str, enum.Enum):
+    daily = "daily"
 
 
 def listing(root: str) -> list[str]:
@@ -72,6 +78,8 @@ def test_conversions_are_explicit_and_stable() -> None:
             "dtype": np.dtype("float32"),
             "type": np.int16,
             "pair": (1, "a"),
+            "run": uuid.UUID("12345678-1234-5678-1234-567812345678"),
+            "kind": Kind.daily,
             "nested": {"deep": [np.int8(1), (2.5,)]},
         },
         "additional_metadata",
@@ -88,6 +96,8 @@ def test_conversions_are_explicit_and_stable() -> None:
         "dtype": "float32",
         "type": "int16",
         "pair": [1, "a"],
+        "run": "12345678-1234-5678-1234-567812345678",
+        "kind": "daily",
         "nested": {"deep": [1, [2.5]]},
     }
     assert type(converted["member"]) is int and type(converted["flag"]) is bool

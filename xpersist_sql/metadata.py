@@ -12,6 +12,7 @@ explicitly, always the same way:
 - numpy scalars (``np.int64(3)``, ``np.float32(0.5)``, ``np.bool_(True)``): the Python number
   or bool (``.item()``);
 - ``numpy.dtype`` and numpy scalar types: the dtype's name (``"float32"``);
+- ``uuid.UUID`` (Prefect's run ids): its canonical text;
 - tuples: lists.
 
 Refused: integers beyond signed 64 bits, NaN and infinities, strings that are not valid
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -115,6 +117,8 @@ def _convert(value: Any, field: str, where: str) -> Any:
                 "is not valid Unicode (it holds a lone surrogate), which no index database "
                 "stores; decode the text it came from with errors='replace'",
             ) from None
+        return str.__str__(value)  # the text of a str subclass (an Enum's value), not its str()
+    if isinstance(value, uuid.UUID):
         return str(value)
     if isinstance(value, (dt.datetime, dt.date, dt.time)):
         text: str = to_jsonable_python(value)  # ISO 8601, UTC as "Z": as recorded so far
