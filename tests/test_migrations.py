@@ -361,3 +361,26 @@ def test_wheel_ships_the_migrations(tmp_path: Path) -> None:
     listing = run(str(python), "-m", "xpersist_sql", "ls", "--json", "--store", str(store))
     assert listing.returncode == 0, listing.stderr
     assert [artifact["key"] for artifact in json.loads(listing.stdout)] == ["a.json"]
+
+
+def test_head_revision_constant_is_the_migrations_head() -> None:
+    """Opening a store compares the index with HEAD_REVISION without loading Alembic: a new
+    revision must move the constant too."""
+    from alembic.script import ScriptDirectory
+
+    from xpersist_sql.db.schema import HEAD_REVISION, alembic_config
+
+    script = ScriptDirectory.from_config(alembic_config())
+    assert script.get_heads() == [HEAD_REVISION]
+
+
+def test_opening_a_store_does_not_load_alembic(tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "from xpersist_sql import CacheStore\n"
+        f"store = CacheStore({str(tmp_path / 's')!r})\n"
+        "assert store.get('a.json') == 1\n"
+        "assert 'alembic' not in sys.modules, sorted(m for m in sys.modules if 'alembic' in m)\n"
+    )
+    CacheStore(tmp_path / "s").put("a.json", 1, serializer="json")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -13,24 +13,21 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import hashlib
 import io
 import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import filelock
 import fsspec
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from alembic.script.revision import RevisionError
-from alembic.util.exc import CommandError
 from sqlalchemy import Connection, Engine, inspect, make_url, text
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
 
 from .._version import __version__
 from ..errors import SchemaVersionError, StoreNotFoundError
@@ -88,6 +85,8 @@ def alembic_config(connection: Connection | None = None, url: str | None = None)
 
     ``connection`` (shared through ``config.attributes``) is used when given, else ``url``.
     """
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(migrations_dir()))
     config.set_main_option("version_table", VERSION_TABLE)
@@ -97,18 +96,36 @@ def alembic_config(connection: Connection | None = None, url: str | None = None)
     return config
 
 
-@functools.lru_cache(maxsize=1)
+#: The newest revision in ``migrations/versions`` (a test checks it against Alembic's head).
+#: Opening a store compares the index with it without loading Alembic, which only migrations,
+#: ``db`` commands and schema messages need.
+HEAD_REVISION = "0004"
+
+
 def head_revision() -> str:
-    """Return the head revision id of the packaged migrations (read once per process)."""
-    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
-    assert head is not None
-    return head
+    """Return the head revision id of the packaged migrations."""
+    return HEAD_REVISION
 
 
 def current_revision(connection: Connection) -> str | None:
-    """Return the revision the database is at (None for a database without our schema)."""
-    context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
-    return context.get_current_revision()
+    """Return the revision the database is at (None for a database without our schema).
+
+    Reads Alembic's version table with plain SQL (what Alembic's ``MigrationContext`` does).
+
+    Raises
+    ------
+    SchemaVersionError
+        If the version table names several revisions (branches this package never creates).
+    """
+    if not inspect(connection).has_table(VERSION_TABLE):
+        return None
+    rows = connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all()
+    if len(rows) > 1:
+        raise SchemaVersionError(
+            f"the index's {VERSION_TABLE!r} table names several revisions ({', '.join(rows)}); "
+            "xpersist_sql's migrations have one line of revisions. Restore it from a backup"
+        )
+    return str(rows[0]) if rows else None
 
 
 def run_alembic(
@@ -134,6 +151,8 @@ def run_alembic(
             connection = connection.execution_options(**{WRITE_OPTION: True})
             config = alembic_config(connection=connection)
             config.attributes.update(attributes or {})
+            from alembic import command
+
             getattr(command, action)(config, *args, **kwargs)
             if sqlite:
                 dangling = connection.exec_driver_sql("PRAGMA foreign_key_check").all()
@@ -376,6 +395,8 @@ _TARGET = re.compile(r"(?P<base>.*?)(?P<step>[+-]\d+)?")
 
 
 def _script() -> ScriptDirectory:
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(alembic_config())
 
 
@@ -490,6 +511,8 @@ def migration_sql(
         revision 0004 from a non-empty schema has no ``store``, or the dialect cannot write a
         step without the live database (SQLite rebuilding a table).
     """
+    from alembic.script.revision import RevisionError
+
     script = _script()
     try:
         if action == "upgrade":
@@ -540,6 +563,9 @@ def _offline_sql(
         config.attributes[STORE_ATTRIBUTE] = identity
     buffer = io.StringIO()
     config.output_buffer = buffer
+    from alembic import command
+    from alembic.util.exc import CommandError
+
     try:
         getattr(command, action)(config, span, sql=True)
     except CommandError as exc:
