@@ -34,10 +34,12 @@ EXTERNAL: dict[str, str] = {
     "joblib": "https://joblib.readthedocs.io/en/stable/generated/{target}.html",
     "filelock": "https://py-filelock.readthedocs.io/en/latest/api.html#{target}",
     "alembic": "https://alembic.sqlalchemy.org/en/latest/api/index.html#{target}",
+    "dask": "https://docs.dask.org/en/stable/generated/{target}.html",
     "datetime": _PYTHON,
     "json": _PYTHON,
     "pickle": _PYTHON,
     "os": _PYTHON,
+    "inspect": _PYTHON,
     "warnings": _PYTHON,
 }
 #: Objects whose page does not follow their package's scheme.
@@ -47,6 +49,7 @@ EXACT: dict[str, str] = {
     "fsspec.spec.AbstractFileSystem": "https://filesystem-spec.readthedocs.io/en/latest/api.html#fsspec.spec.AbstractFileSystem",
     "prefect.task": "https://docs.prefect.io/v3/api-ref/python/prefect-tasks#task",
     "prefect.Task": "https://docs.prefect.io/v3/api-ref/python/prefect-tasks#task",
+    "dask.base.tokenize": "https://docs.dask.org/en/stable/generated/dask.base.tokenize.html",
     "prefect.flow": "https://docs.prefect.io/v3/api-ref/python/prefect-flows#flow",
 }
 

@@ -19,6 +19,7 @@ store and what to do about it::
     ├── PayloadLoadError (ValueError)                        the payload exists but cannot be read
     ├── SchemaVersionError (RuntimeError)                    the index is at another schema revision
     ├── IndexUnavailableError (ConnectionError)              the index database cannot be reached
+    ├── InputsHashError (TypeError)                          an input {inputs_hash} cannot hash
     ├── LockTimeoutError (TimeoutError)                      store.lock(key, timeout) waited in vain
     └── MissingDependencyError (ImportError)                 an optional dependency is not installed
 
@@ -34,6 +35,7 @@ __all__ = [
     "CollisionError",
     "DuplicateKeyError",
     "IndexUnavailableError",
+    "InputsHashError",
     "InvalidKeyError",
     "LockTimeoutError",
     "MissingDependencyError",
@@ -134,6 +136,14 @@ class IndexUnavailableError(XpersistSQLError, ConnectionError):
 
     The message names the database URL (password hidden) and what to check; the driver's error
     is the ``__cause__``.
+    """
+
+
+class InputsHashError(XpersistSQLError, TypeError):
+    """A task's input cannot be hashed deterministically for ``{inputs_hash}``.
+
+    The message names the task and the parameter, and how to make it hashable (a
+    ``__dask_tokenize__`` method) or to keep it out of the target.
     """
 
 

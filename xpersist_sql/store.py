@@ -37,6 +37,7 @@ from .maintenance import gc as _gc
 from .maintenance import verify as _verify
 from .metadata import INT64_MAX, check_json_value, json_metadata
 from .models import Artifact, DuplicateKeyEnum
+from .provenance import record_loaded
 from .query import (
     ArtifactQuery,
     MetadataValue,
@@ -596,6 +597,7 @@ class CacheStore:
                     if settled:
                         raise
                 else:
+                    record_loaded(value, self, artifact)  # inputs_hash: this value is the artifact
                     # The payload opened is the row's (not one a concurrent or killed writer
                     # swapped in): its fingerprint still matches after the load.
                     if settled or self._backend.payload_matches(artifact):

@@ -55,8 +55,9 @@ class AmbiguousTargetWarning(UserWarning):
     """
 
 
-#: Names that differ for every task run: a target using one never gives two calls one key.
-_PER_RUN_NAMES = frozenset({"task_run_id", "task_run_name"})
+#: Names that differ for every task run, or key on every parameter (``inputs_hash``): a target
+#: using one never gives two calls with different inputs one key.
+_PER_RUN_NAMES = frozenset({"task_run_id", "task_run_name", "inputs_hash"})
 _FIELD = re.compile(r"(?P<name>[^.\[\]]*)(?:\[(?P<index>[^\[\]]+)\])?")
 
 
@@ -254,6 +255,19 @@ def _suggest(target: Target, names: list[str]) -> str:
     return f"target={suggestion!r}"
 
 
+def _suggest_inputs_hash(target: str) -> str:
+    """Suggest ``target`` keyed on all inputs (``a.json`` -> ``a-{inputs_hash}.json``)."""
+    head, slash, base = target.rpartition("/")
+    depth, cut = 0, len(base)
+    for position, char in enumerate(base):  # the first "." outside a {field} starts the suffix
+        depth += {"{": 1, "}": -1}.get(char, 0)
+        if char == "." and depth == 0 and position > 0:
+            cut = position
+            break
+    suggestion = f"{head}{slash}{base[:cut]}-{{inputs_hash}}{base[cut:]}"
+    return f"target={suggestion!r}"
+
+
 def _warn(
     task_name: str, target: Target, differing: list[tuple[str, str, str]], token: str
 ) -> None:
@@ -265,7 +279,11 @@ def _warn(
     plural = "s" if len(names) > 1 else ""
     hint = ""
     if "inputs_hash" in TEMPLATE_NAMES:
-        hint = " (or '{inputs_hash}', a hash of all the inputs)"
+        hint = (
+            f" (or on all the inputs: {_suggest_inputs_hash(target)})"
+            if not callable(target)
+            else " (or on ctx['inputs_hash'], a hash of all the inputs)"
+        )
     message = (
         f"the target {shown} of task {task_name!r} does not use the parameter{plural} "
         f"{', '.join(repr(n) for n in names)}, whose value differs between calls of one flow "

@@ -3,7 +3,9 @@
 The context is captured when the key is computed, inside the task run, with Prefect 1's names:
 ``date`` (the flow run's scheduled start), ``today``/``yesterday``/``tomorrow`` (``YYYY-MM-DD``),
 ``flow_name``, ``flow_run_id``, ``flow_run_name``, ``task_name``, ``task_run_id``,
-``task_run_name``, ``task_tags`` and ``parameters``.
+``task_run_name``, ``task_tags`` and ``parameters``; and ``inputs_hash``, a deterministic hash of
+the task's bound arguments (:func:`xpersist_sql.provenance.hash_inputs`), computed only when a
+target uses it.
 
 Templates are rendered with names and format specs only (``{parameters[x]}`` one level into
 the parameters, ``{task_tags[0]}``; no attributes, no conversions), widths and precisions at
@@ -13,10 +15,11 @@ allocate gigabytes.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import re
 import string
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, ItemsView, Iterator, KeysView, Mapping, ValuesView
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
@@ -24,6 +27,7 @@ from typing import Any
 from prefect.context import FlowRunContext, TaskRunContext
 
 from ..errors import XpersistSQLError
+from ..provenance import hash_inputs
 
 __all__ = [
     "MAX_FORMAT_WIDTH",
@@ -48,7 +52,10 @@ TEMPLATE_NAMES: tuple[str, ...] = (
     "task_run_name",
     "task_tags",
     "parameters",
+    "inputs_hash",
 )
+#: The template name computed only when a target uses it (hashing may read large values).
+INPUTS_HASH = "inputs_hash"
 
 Target = str | Callable[[dict[str, Any]], str]
 
@@ -70,6 +77,62 @@ class TaskTags(tuple[str, ...]):
 
     def __format__(self, format_spec: str) -> str:
         return format(str(self), format_spec)
+
+
+class TemplateValues(dict[str, Any]):
+    """The template values given to a callable target: a dict whose ``inputs_hash`` is lazy.
+
+    ``ctx["inputs_hash"]`` (or ``ctx.get("inputs_hash")``) hashes the task's arguments the first
+    time it is read; a callable that does not read it costs nothing.
+    """
+
+    def __init__(self, values: Mapping[str, Any], inputs_hash: Callable[[], str]) -> None:
+        super().__init__(values)
+        self._inputs_hash = inputs_hash
+
+    def _resolve(self) -> None:
+        if not dict.__contains__(self, INPUTS_HASH):
+            dict.__setitem__(self, INPUTS_HASH, self._inputs_hash())
+
+    def __missing__(self, key: str) -> Any:
+        if key == INPUTS_HASH:
+            self._resolve()
+            return dict.__getitem__(self, key)
+        raise KeyError(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self[key] if key in self else default  # noqa: SIM401 (this is get)
+
+    def __contains__(self, key: object) -> bool:
+        return key == INPUTS_HASH or dict.__contains__(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        yield from dict.__iter__(self)
+        if not dict.__contains__(self, INPUTS_HASH):
+            yield INPUTS_HASH
+
+    def __len__(self) -> int:
+        return dict.__len__(self) + (0 if dict.__contains__(self, INPUTS_HASH) else 1)
+
+    def keys(self) -> KeysView[str]:  # type: ignore[override]
+        return KeysView(self)
+
+    def items(self) -> ItemsView[str, Any]:  # type: ignore[override]
+        self._resolve()
+        return dict.items(self)
+
+    def values(self) -> ValuesView[Any]:  # type: ignore[override]
+        self._resolve()
+        return dict.values(self)
+
+    def copy(self) -> dict[str, Any]:
+        self._resolve()
+        return dict(dict.items(self))
+
+    def __repr__(self) -> str:
+        shown = dict(dict.items(self))
+        shown.setdefault(INPUTS_HASH, "<computed when read>")
+        return repr(shown)
 
 
 def _as_utc(value: datetime | None) -> datetime:
@@ -133,10 +196,22 @@ class RunContext:
             in_task_run=task_ctx is not None,
         )
 
-    def template_values(self) -> dict[str, Any]:
-        """Return the values of the template names (``None`` for those this call does not know)."""
+    @functools.cached_property
+    def inputs_hash(self) -> str:
+        """The deterministic hash of the bound arguments (computed once, when first read)."""
+        where = f"task {self.task_name!r}"
+        try:
+            return hash_inputs(self.parameters)
+        except XpersistSQLError as exc:
+            raise type(exc)(f"{where}: {exc}") from exc
+
+    def template_values(self) -> TemplateValues:
+        """Return the values of the template names (``None`` for those this call does not know).
+
+        ``inputs_hash`` is computed when first read.
+        """
         day = self.date.date()
-        return {
+        values = {
             "date": self.date,
             "today": day.isoformat(),
             "yesterday": (day - timedelta(days=1)).isoformat(),
@@ -150,6 +225,7 @@ class RunContext:
             "task_tags": self.task_tags,
             "parameters": dict(self.parameters),
         }
+        return TemplateValues(values, lambda: self.inputs_hash)
 
     def metadata(self) -> dict[str, Any]:
         """JSON-able context for an artifact's ``additional_metadata`` (dates as strings).
@@ -157,10 +233,12 @@ class RunContext:
         ``parameters`` lists the parameter names only (their values may be large); names this
         call does not know are left out.
         """
-        values = self.template_values()
+        values = dict(dict.items(self.template_values()))  # inputs_hash: only if computed
         values.pop("date")
         values["task_tags"] = list(self.task_tags)
         values["parameters"] = list(self.parameters)
+        if "inputs_hash" in self.__dict__:
+            values[INPUTS_HASH] = self.__dict__["inputs_hash"]
         return {name: value for name, value in values.items() if value is not None}
 
 
@@ -286,6 +364,17 @@ class _TargetRenderer:
                     f"asks for a width or precision of {number} in {field}; the limit is "
                     f"{MAX_FORMAT_WIDTH} (a key's path parts are at most 255 bytes)"
                 )
+
+
+def uses_inputs_hash(target: Target) -> bool:
+    """Whether a ``str`` template names ``{inputs_hash}`` (a callable may: it is not known)."""
+    if not isinstance(target, str):
+        return False
+    try:
+        parsed = list(string.Formatter().parse(target))
+    except ValueError:
+        return False
+    return any(name is not None and name.split(":")[0] == INPUTS_HASH for _, name, _, _ in parsed)
 
 
 def render_target(target: Target, context: RunContext) -> str:

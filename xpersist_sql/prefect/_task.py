@@ -12,12 +12,17 @@ transactions); see docs/design.md, "Prefect integration", for why this is not a 
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import copy
 import functools
+import hashlib
 import inspect
 import logging
+import marshal
 import os
+import textwrap
+import types
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -37,10 +42,11 @@ from prefect.utilities.callables import expand_mapping_parameters, get_call_para
 
 from ..errors import ArtifactNotFoundError, PayloadLoadError, PayloadMissingError
 from ..models import Artifact
+from ..provenance import check_hashing_requirements, record_loaded
 from ..storage import validate_key
 from ..store import CacheStore
 from ._ambiguity import TargetKeys, check_calls, check_rendered, target_keys
-from ._context import RunContext, Target, render_target
+from ._context import RunContext, Target, render_target, uses_inputs_hash
 from ._lock_manager import StoreLockManager
 from ._result import XpersistResult, check_serializer_settings
 
@@ -55,6 +61,9 @@ REFRESH_ENV = "XPERSIST_SQL_REFRESH"
 CACHED_STATE_NAME = "Cached"
 
 _TRUE = {"1", "true", "yes", "on"}
+#: Where an artifact's ``additional_metadata`` records the task's ``version`` and code hash.
+VERSION_FIELD = "task_version"
+CODE_HASH_FIELD = "code_hash"
 _MODULE_LOGGER = logging.getLogger("xpersist_sql.prefect")
 
 #: Prefect options that would cache or persist the value a second time, and what to use instead.
@@ -97,6 +106,68 @@ def refresh_requested(refresh: bool = False, refresh_cache: bool | None = None) 
     return bool(get_current_settings().tasks.refresh_cache)
 
 
+def _normalize_code_location(code: types.CodeType) -> types.CodeType:
+    """Remove where a code object was compiled (as Prefect's ``TaskSource`` policy does)."""
+    return code.replace(
+        co_filename="",
+        co_firstlineno=1,
+        co_linetable=b"",
+        co_consts=tuple(
+            _normalize_code_location(const) if isinstance(const, types.CodeType) else const
+            for const in code.co_consts
+        ),
+    )
+
+
+def _without_decorators(source: str) -> str:
+    """Return a function's source from its ``def`` line on (its decorators left out)."""
+    source = textwrap.dedent(source)
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:  # a lambda's line, a fragment: hash the lines as they are
+        return source
+    first = tree.body[0] if tree.body else None
+    if isinstance(first, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        return "\n".join(source.splitlines()[first.lineno - 1 :]) + "\n"
+    return source
+
+
+def code_hash(fn: Callable[..., Any]) -> str:
+    """Return the hash of a task body's source (what ``code_hash=True`` records and compares).
+
+    As Prefect 3's ``TaskSource`` cache policy: the function's source text
+    (:func:`inspect.getsource`), here without its decorator lines (so changing ``retries=`` or
+    ``tags=`` does not count as a change of code); when the source cannot be read (a function
+    made by ``exec``), its code object without compilation locations. Functions it calls are not
+    included: only the body's own lines count.
+
+    Parameters
+    ----------
+    fn : callable
+        The task body.
+
+    Returns
+    -------
+    str
+        A hex sha256 digest, 32 characters long.
+    """
+    try:
+        source = _without_decorators(inspect.getsource(fn))
+        data = source.encode("utf-8")
+    except (OSError, TypeError):
+        code = getattr(inspect.unwrap(fn), "__code__", None)
+        if code is None:
+            raise TypeError(
+                f"code_hash=True needs the source or the code of the task body, and "
+                f"{fn!r} has neither"
+            ) from None
+        data = marshal.dumps(_normalize_code_location(code))
+    return hashlib.sha256(data).hexdigest()[:32]
+
+
+code_hash_of = code_hash  # the name the decorator's code_hash= argument does not shadow
+
+
 def _logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
     try:
         return get_run_logger()
@@ -122,6 +193,10 @@ class _Spec:
     #: identifies the task (and its ``with_options`` copies) for the once-per-task warning
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
     locks: StoreLockManager | None = field(default=None, compare=False)
+    #: the task's ``version`` when declared (the task run's task is read first)
+    version: str | None = None
+    #: the hash of the body's source, with ``code_hash=True``
+    code: str | None = None
 
     @property
     def store(self) -> CacheStore:
@@ -177,7 +252,10 @@ class _Call:
     key: str
     refresh: bool
     ttl: timedelta | float | str | None
+    version: str | None = None
     broken: bool = False
+    #: the stored artifact was written by another version (or code) of the task
+    stale: bool = False
 
     @classmethod
     def begin(cls, spec: _Spec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Call:
@@ -187,6 +265,7 @@ class _Call:
         task_ctx = TaskRunContext.get()
         task = task_ctx.task if task_ctx is not None else None
         expiration = getattr(task, "cache_expiration", None)
+        version = getattr(task, "version", None)
         if spec.keys.kind == "dynamic":
             check_rendered(
                 spec.token,
@@ -202,6 +281,7 @@ class _Call:
             key=key,
             refresh=refresh_requested(spec.refresh, getattr(task, "refresh_cache", None)),
             ttl=expiration if expiration is not None else spec.ttl,
+            version=str(version) if version is not None else spec.version,
         )
 
     @property
@@ -220,7 +300,7 @@ class _Call:
         A row whose payload is gone or unreadable is a miss (logged as a warning) that the next
         put overwrites.
         """
-        if self.refresh:
+        if self.refresh or self.outdated():
             return False, None
         store = self.spec.store
         try:
@@ -238,6 +318,46 @@ class _Call:
             return False, None
         return True, value
 
+    def outdated(self) -> bool:
+        """Whether the stored artifact was written by another version or code of the task.
+
+        Only what the task declares is compared (``version=``, ``code_hash=True``): an artifact
+        written without them (before they were declared) is then outdated, and a task that
+        declares neither accepts any artifact. An outdated artifact is a miss, logged, that the
+        next put overwrites.
+        """
+        spec = self.spec
+        if self.version is None and spec.code is None:
+            return False
+        try:
+            artifact = spec.store.get_artifact(self.key)
+        except ArtifactNotFoundError:
+            return False
+        recorded = artifact.additional_metadata
+        changes = []
+        if self.version is not None and recorded.get(VERSION_FIELD) != self.version:
+            changes.append(
+                f"version {recorded.get(VERSION_FIELD)!r}, and the task is now version "
+                f"{self.version!r}"
+            )
+        if spec.code is not None and recorded.get(CODE_HASH_FIELD) != spec.code:
+            changes.append(
+                f"code hash {recorded.get(CODE_HASH_FIELD)!r}, and the task's source now hashes "
+                f"to {spec.code!r}"
+            )
+        if not changes:
+            return False
+        self.stale = True
+        _logger().info(
+            "the artifact %r in store %r was stored by task %r with %s: recomputing and "
+            "overwriting it",
+            self.key,
+            spec.store.path,
+            self.context.task_name,
+            "; with ".join(changes),
+        )
+        return True
+
     def save(self, value: Any) -> Artifact | None:
         """Put the body's value under the key (overwriting on refresh or a broken hit).
 
@@ -251,8 +371,13 @@ class _Call:
                 self.key,
             )
             return None
-        store = spec.result.overwriting_store() if self.refresh or self.broken else spec.store
+        overwrite = self.refresh or self.broken or self.stale
+        store = spec.result.overwriting_store() if overwrite else spec.store
         metadata = {**self.context.metadata(), "target": spec.target_text()}
+        if self.version is not None:
+            metadata[VERSION_FIELD] = self.version
+        if spec.code is not None:
+            metadata[CODE_HASH_FIELD] = spec.code
         before = datetime.now(timezone.utc)
         artifact = store.put(
             self.key,
@@ -268,6 +393,8 @@ class _Call:
         )
         if written:
             _logger().info("stored result at %s", self.location)
+            # downstream tasks of this run hash the value as the artifact, as they will on a hit
+            record_loaded(value, store, artifact)
         return artifact if written else None
 
     def undo_on_rollback(self, artifact: Artifact | None) -> None:
@@ -492,6 +619,8 @@ def xpersist_task(
     refresh_cache: bool | None = None,
     cache_expiration: timedelta | None = None,
     isolation_level: str | IsolationLevel | None = None,
+    version: str | None = None,
+    code_hash: bool = False,
     **task_options: Any,
 ) -> XpersistTask[P, R]: ...
 
@@ -511,6 +640,8 @@ def xpersist_task(
     refresh_cache: bool | None = None,
     cache_expiration: timedelta | None = None,
     isolation_level: str | IsolationLevel | None = None,
+    version: str | None = None,
+    code_hash: bool = False,
     **task_options: Any,
 ) -> Callable[[Callable[P, R]], XpersistTask[P, R]]: ...
 
@@ -529,6 +660,8 @@ def xpersist_task(
     refresh_cache: bool | None = None,
     cache_expiration: timedelta | None = None,
     isolation_level: str | IsolationLevel | None = None,
+    version: str | None = None,
+    code_hash: bool = False,
     **task_options: Any,
 ) -> XpersistTask[P, R] | Callable[[Callable[P, R]], XpersistTask[P, R]]:
     """Make a Prefect task whose value is cached in a :class:`~xpersist_sql.CacheStore`.
@@ -544,9 +677,11 @@ def xpersist_task(
     target : str or callable
         The key: a ``str.format`` template over the run context (``date``, ``today``,
         ``yesterday``, ``tomorrow``, ``flow_name``, ``flow_run_id``, ``flow_run_name``,
-        ``task_name``, ``task_run_id``, ``task_run_name``, ``task_tags``, ``parameters``), e.g.
-        ``"{date:%A}-{flow_name}-{task_name}.zarr"`` or ``"{parameters[i]}.zarr"``; or a
-        callable receiving those values as a dict and returning the key.
+        ``task_name``, ``task_run_id``, ``task_run_name``, ``task_tags``, ``parameters``,
+        ``inputs_hash``), e.g. ``"{date:%A}-{flow_name}-{task_name}.zarr"``,
+        ``"{parameters[i]}.zarr"`` or ``"{task_name}/{inputs_hash}.zarr"`` (a deterministic hash
+        of the bound arguments, see :func:`xpersist_sql.provenance.hash_inputs`); or a callable
+        receiving those values as a dict and returning the key.
     result : XpersistResult, optional
         The store and serializer settings. Either ``result`` or ``store`` is needed.
     store : CacheStore, optional
@@ -574,6 +709,16 @@ def xpersist_task(
         compute a missing target once, the others wait and load it. Hits never take the lock.
         ``None`` (default): the isolation level of the Prefect transaction the task runs in
         (``with transaction(isolation_level=...)``), else ``READ_COMMITTED``.
+    version : str, optional
+        Prefect's option (the task's version), recorded in each artifact's metadata
+        (``task_version``): a stored artifact recorded with another version, or with none, is a
+        miss that recomputes and overwrites it, and logs why (old and new version). Without it,
+        any stored artifact is a hit.
+    code_hash : bool
+        Record a hash of the task body's source (``code_hash`` in the metadata; as Prefect's
+        ``TaskSource`` policy, decorator lines left out) and treat an artifact recorded with
+        another hash, or none, as a miss that recomputes and overwrites it (logged): editing
+        the body recomputes this task's values, and only this task's.
     **task_options
         Any option of :func:`prefect.task` (``name``, ``tags``, ``retries``,
         ``task_run_name``...), except those that would cache or persist the value a second time
@@ -591,7 +736,8 @@ def xpersist_task(
         Neither or both of ``result`` and ``store``, a Prefect option that would cache the value
         a second time, or both ``ttl`` and ``cache_expiration``.
     SerializerNotFoundError, MissingDependencyError
-        An unknown serializer, or one whose packages are not installed: checked here, before
+        An unknown serializer, or one whose packages are not installed, or a target using
+        ``{inputs_hash}`` without dask installed (the ``[dask]`` extra): checked here, before
         any body runs.
     ValueError
         An unknown ``isolation_level``, or serializer kwargs that do not survive a JSON round
@@ -652,6 +798,10 @@ def xpersist_task(
     chosen = serializer or result.serializer
     chosen_dump = dump_kwargs if dump_kwargs is not None else result.serializer_dump_kwargs
     chosen_load = load_kwargs if load_kwargs is not None else result.serializer_load_kwargs
+    if version is not None and not isinstance(version, str):
+        raise TypeError(f"version must be a str, got {type(version).__name__} {version!r}")
+    if version is not None:
+        task_options = {**task_options, "version": version}
     options: dict[str, Any] = {
         **task_options,
         "cache_policy": NO_CACHE,
@@ -671,6 +821,8 @@ def xpersist_task(
             )
         name = str(options.get("name") or getattr(body, "__name__", "task"))
         check_serializer_settings(chosen, chosen_dump, chosen_load, f"xpersist_task {name!r}")
+        if uses_inputs_hash(target):
+            check_hashing_requirements(f"xpersist_task {name!r}")
         spec = _Spec(
             fn=body,
             result=settings,
@@ -683,6 +835,8 @@ def xpersist_task(
             isolation=isolation,
             keys=target_keys(target),
             locks=StoreLockManager(settings.store),
+            version=version,
+            code=code_hash_of(body) if code_hash else None,
         )
         made: XpersistTask[P, R] = XpersistTask(fn=body, **options)
         made._xpersist_spec = spec

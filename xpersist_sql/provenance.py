@@ -1,0 +1,428 @@
+"""Where a value came from, and a deterministic hash of a call's inputs.
+
+Two things live here, both free of Prefect (the store imports this module):
+
+- **The artifacts loaded values are.** :meth:`CacheStore.get <xpersist_sql.CacheStore.get>`
+  notes every value it returns (when the value can be weakly referenced: arrays, data frames,
+  xarray objects; not dicts or lists) as the artifact it was loaded from: its store, key and the
+  version it was stored as (``created_at``, payload fingerprint and checksum).
+  :func:`identity_of` answers for a value; :func:`register_artifact` notes one explicitly. The
+  record is weak: it never keeps a value alive and lives in this process only (a value pickled
+  to another process arrives without it).
+- **A hash of inputs.** :func:`hash_inputs` hashes a mapping of named values (a task's bound
+  arguments) into a hex digest that is the same in every process, on every machine and under
+  every ``PYTHONHASHSEED``. A value loaded from a store hashes as that artifact's identity (so a
+  100 GB lazily opened dataset costs nothing to hash); JSON-like values (``None``, ``bool``,
+  ``int``, ``float``, ``str`` and lists, tuples and dicts of them) by their canonical JSON
+  text; anything else (numpy arrays, pandas objects, xarray objects, dask collections, dataclasses)
+  by :func:`dask.base.tokenize` in deterministic mode (dask collections, and dask-backed xarray
+  objects, by their graph's name: nothing is computed). Needs the ``[dask]`` extra for those.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import threading
+import weakref
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .errors import InputsHashError, MissingDependencyError
+from .models import Artifact
+
+__all__ = [
+    "HASH_SCHEME",
+    "ArtifactIdentity",
+    "InputsHashError",
+    "check_hashing_requirements",
+    "forget",
+    "hash_inputs",
+    "hash_value",
+    "identity_of",
+    "record_loaded",
+    "register_artifact",
+]
+
+#: Part of every hash: a change of how values are hashed changes every hash (and so every key).
+HASH_SCHEME = "xpersist-inputs-1"
+#: Length of the hex digests :func:`hash_inputs` returns (128 bits of a sha256).
+DIGEST_LENGTH = 32
+
+
+class _Store(Protocol):
+    path: str
+
+    def get_artifact(self, key: str) -> Artifact: ...
+
+
+@dataclass(frozen=True)
+class ArtifactIdentity:
+    """The stored artifact a value was loaded from: which store, which key, which version.
+
+    Attributes
+    ----------
+    store_id : str
+        The store's identity (the id in its marker), or its path when the marker cannot be read.
+    key : str
+        The artifact's key.
+    created_at : str
+        When that version of the artifact was stored (ISO 8601, UTC).
+    fingerprint, checksum : str or None
+        The payload's fingerprint and checksum, where the store recorded them.
+    """
+
+    store_id: str
+    key: str
+    created_at: str
+    fingerprint: str | None = None
+    checksum: str | None = None
+
+    def token(self) -> list[Any]:
+        """Return the JSON-able form :func:`hash_inputs` hashes."""
+        return [self.store_id, self.key, self.created_at, self.fingerprint, self.checksum]
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    """What the registry holds for a value: the store (for its id, read lazily) and the row."""
+
+    store: Any
+    artifact: Artifact
+
+    def identity(self) -> ArtifactIdentity:
+        return ArtifactIdentity(
+            store_id=_store_id(self.store),
+            key=self.artifact.key,
+            created_at=self.artifact.created_at.isoformat(),
+            fingerprint=self.artifact.fingerprint,
+            checksum=self.artifact.checksum,
+        )
+
+
+_LOCK = threading.Lock()
+#: id(value) -> (weak reference to the value, what it was loaded as)
+_LOADED: dict[int, tuple[weakref.ref[Any], _Loaded]] = {}
+#: store object -> its id (one marker read per store object and process)
+_STORE_IDS: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+
+
+def _store_id(store: Any) -> str:
+    try:
+        return _STORE_IDS[store]
+    except (KeyError, TypeError):
+        pass
+    found = str(getattr(store, "path", store))
+    try:
+        marker = store._backend.marker()  # the store's identity, as recorded in the index
+    except Exception:  # an unreadable marker: the path still names the store
+        marker = None
+    if marker is not None:
+        found = str(marker.store_id)
+    with contextlib.suppress(TypeError):  # a store that cannot be weakly referenced
+        _STORE_IDS[store] = found
+    return found
+
+
+def _forget(object_id: int, ref: weakref.ref[Any]) -> None:
+    with _LOCK:
+        held = _LOADED.get(object_id)
+        if held is not None and held[0] is ref:
+            del _LOADED[object_id]
+
+
+def record_loaded(value: Any, store: Any, artifact: Artifact) -> None:
+    """Note that ``value`` was loaded from ``artifact`` of ``store`` (called by ``get``).
+
+    Values that cannot be weakly referenced (dicts, lists, str, numbers) are not noted: they
+    hash by value. Never raises and keeps nothing alive but the store.
+
+    Parameters
+    ----------
+    value : object
+        The loaded value.
+    store : CacheStore
+        The store it was loaded from.
+    artifact : Artifact
+        The row it was loaded as.
+    """
+    try:
+        ref = weakref.ref(value)
+    except TypeError:
+        return
+    loaded = _Loaded(store, artifact)
+    with _LOCK:
+        held = _LOADED.get(id(value))
+        _LOADED[id(value)] = (ref, loaded)
+        fresh = held is None or held[0] is not ref
+    if fresh:
+        # removes the entry when the value dies, before its id can be reused
+        weakref.finalize(value, _forget, id(value), ref)
+
+
+def register_artifact(value: Any, store: _Store, key: str) -> ArtifactIdentity:
+    """Note that ``value`` is the artifact stored under ``key`` in ``store``, as it is now.
+
+    :meth:`CacheStore.get <xpersist_sql.CacheStore.get>` does this by itself; call it for a
+    value obtained otherwise (e.g. opened from ``store.payload_url(key)`` with other tools) so
+    that :func:`hash_inputs` hashes it by that identity instead of its data.
+
+    Parameters
+    ----------
+    value : object
+        The value; it must support weak references (xarray, pandas and numpy objects do).
+    store : CacheStore
+        The store holding the artifact.
+    key : str
+        The artifact's key.
+
+    Returns
+    -------
+    ArtifactIdentity
+        The identity ``value`` now hashes as.
+
+    Raises
+    ------
+    TypeError
+        ``value`` cannot be weakly referenced (a dict, a list: those hash by value anyway).
+    ArtifactNotFoundError
+        Nothing is stored under ``key``.
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np
+    >>> from xpersist_sql import CacheStore
+    >>> store = CacheStore(f"{tempfile.mkdtemp()}/my-cache")
+    >>> _ = store.put("a.npy", np.arange(3))
+    >>> value = np.load(store.payload_url("a.npy"))
+    >>> register_artifact(value, store, "a.npy").key
+    'a.npy'
+    """
+    try:
+        weakref.ref(value)
+    except TypeError:
+        raise TypeError(
+            f"cannot register a {type(value).__name__} as an artifact: it does not support weak "
+            "references (dicts, lists and scalars hash by value)"
+        ) from None
+    record_loaded(value, store, store.get_artifact(key))
+    found = identity_of(value)
+    assert found is not None
+    return found
+
+
+def forget(value: Any) -> None:
+    """Forget what ``value`` was loaded as: it hashes by its data from now on."""
+    with _LOCK:
+        held = _LOADED.get(id(value))
+        if held is not None and held[0]() is value:
+            del _LOADED[id(value)]
+
+
+def identity_of(value: Any) -> ArtifactIdentity | None:
+    """Return the artifact ``value`` was loaded from in this process, or ``None``.
+
+    Parameters
+    ----------
+    value : object
+        Any value.
+
+    Returns
+    -------
+    ArtifactIdentity or None
+        ``None`` for a value not returned by ``CacheStore.get`` (a value derived from one, such
+        as ``ds.sel(...)``, is a new object and is not an artifact).
+    """
+    with _LOCK:
+        held = _LOADED.get(id(value))
+    if held is None or held[0]() is not value:
+        return None
+    return held[1].identity()
+
+
+# -- hashing -------------------------------------------------------------------------------------
+def check_hashing_requirements(where: str = "") -> None:
+    """Raise :class:`~xpersist_sql.MissingDependencyError` unless dask is installed.
+
+    Parameters
+    ----------
+    where : str
+        What needs it, for the message (``"xpersist_task 'regrid'"``).
+    """
+    try:
+        import dask.base  # noqa: F401
+    except ImportError as exc:
+        prefix = f"{where}: " if where else ""
+        raise MissingDependencyError(
+            f"{prefix}hashing inputs ({{inputs_hash}}) needs dask, which is not installed: "
+            "pip install 'xpersist_sql[dask]'"
+        ) from exc
+
+
+def _type_name(value: Any) -> str:
+    kind = type(value)
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def _is_datatree(value: Any) -> bool:
+    kind = type(value)
+    return kind.__name__ == "DataTree" and kind.__module__.startswith("xarray")
+
+
+def _dask_token(value: Any) -> str:
+    try:
+        from dask.base import tokenize
+    except ImportError:
+        check_hashing_requirements()
+        raise
+    return str(tokenize(value, ensure_deterministic=True))
+
+
+class _Hasher:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.path: set[int] = set()
+
+    def fail(self, value: Any, why: str) -> InputsHashError:
+        return InputsHashError(
+            f"cannot hash the argument {self.name!r} ({_type_name(value)}) deterministically: "
+            f"{why.rstrip('.')}. Give its class a __dask_tokenize__ method (or register it with "
+            "dask.base.normalize_token.register), pass something that hashes (its defining "
+            "parameters), or leave {inputs_hash} out of the target"
+        )
+
+    def token(self, value: Any) -> Any:
+        found = identity_of(value)
+        if found is not None:
+            return ["artifact", found.token()]
+        if value is None or isinstance(value, (bool, str)):
+            return value
+        if isinstance(value, int) and type(value) is int:
+            return value
+        if type(value) is float:
+            return value if math.isfinite(value) else ["float", repr(value)]
+        if type(value) in (list, tuple, dict):
+            if id(value) in self.path:
+                raise self.fail(value, "it contains itself")
+            self.path.add(id(value))
+            try:
+                return self.container(value)
+            finally:
+                self.path.discard(id(value))
+        if _is_datatree(value):
+            nodes = sorted(value.subtree, key=lambda node: node.path)
+            return [
+                "datatree",
+                [[node.path, self.token(node.to_dataset(inherit=False))] for node in nodes],
+            ]
+        try:
+            return ["dask", _type_name(value), _dask_token(value)]
+        except (MissingDependencyError, RecursionError):
+            raise
+        except Exception as exc:  # dask's TokenizationError, or what a __dask_tokenize__ raised
+            raise self.fail(value, f"{type(exc).__name__}: {exc}") from exc
+
+    def container(self, value: list[Any] | tuple[Any, ...] | dict[Any, Any]) -> Any:
+        if isinstance(value, dict):
+            if all(type(key) is str for key in value):
+                return ["dict", {key: self.token(item) for key, item in value.items()}]
+            items = [[self.token(key), self.token(item)] for key, item in value.items()]
+            items.sort(key=lambda pair: json.dumps(pair, sort_keys=True))
+            return ["mapping", items]
+        return [type(value).__name__, [self.token(item) for item in value]]
+
+
+def _digest(document: Any) -> str:
+    text = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()[:DIGEST_LENGTH]
+
+
+def hash_value(value: Any, name: str = "value") -> str:
+    """Return the deterministic hash of one value (see :func:`hash_inputs`).
+
+    Parameters
+    ----------
+    value : object
+        The value.
+    name : str
+        Its name, for error messages.
+
+    Returns
+    -------
+    str
+        A hex digest of :data:`DIGEST_LENGTH` characters.
+    """
+    return _digest([HASH_SCHEME, _Hasher(name).token(value)])
+
+
+def components(parameters: Mapping[str, Any]) -> dict[str, str]:
+    """Return the hash of each named value (what :func:`hash_inputs` combines)."""
+    return {name: hash_value(value, name) for name, value in parameters.items()}
+
+
+def hash_inputs(
+    parameters: Mapping[str, Any], *, on_component: Callable[[str, str], None] | None = None
+) -> str:
+    """Return a deterministic hash of named values (a task's bound arguments).
+
+    The same names and values give the same digest in every process, on every machine and
+    under every ``PYTHONHASHSEED``; a change of any value (one array element) changes it.
+    Nothing depends on Python's ``hash()``.
+
+    - A value returned by ``CacheStore.get`` (or noted with :func:`register_artifact`) hashes as
+      the artifact it was loaded from: store id, key, ``created_at``, fingerprint and checksum
+      of the stored version; its data is not read.
+    - ``None``, ``bool``, ``int``, ``float``, ``str``, and lists, tuples and dicts of hashable
+      values (recursively, so a list of loaded datasets hashes by their identities) hash by
+      their canonical JSON text (a list and a tuple differ; dict order does not matter).
+    - ``xarray.DataTree``: by its nodes' paths and datasets.
+    - Anything else by :func:`dask.base.tokenize` with ``ensure_deterministic=True``: numpy
+      arrays by their bytes, dtype and shape; pandas objects by their values and index; xarray
+      objects by their variables, coordinates and attributes; a dask collection (and a
+      dask-backed xarray variable) by its graph's name, without computing it; a dataclass by
+      its fields; other objects by their pickle, when two pickles of it are equal. What dask
+      cannot tokenize deterministically raises :class:`InputsHashError` naming the parameter.
+
+    Parameters
+    ----------
+    parameters : mapping of str to object
+        The named values.
+    on_component : callable, optional
+        Called with each ``(name, component hash)``.
+
+    Returns
+    -------
+    str
+        A hex digest of :data:`DIGEST_LENGTH` characters.
+
+    Raises
+    ------
+    InputsHashError
+        A value that cannot be hashed deterministically (an ``object()``, a value whose pickle
+        changes between two calls, a container that contains itself).
+    MissingDependencyError
+        A value that needs dask to be hashed, and dask is not installed.
+
+    Notes
+    -----
+    An xarray object opened lazily from a file outside the store without dask (no ``chunks=``)
+    hashes by its data, which reads it; open it with ``chunks=`` to hash its graph instead. A
+    token computed by dask may change with a dask release that changes how it normalizes a
+    type (the JSON-like values and artifact identities do not depend on dask).
+
+    Examples
+    --------
+    >>> hash_inputs({"member": 3, "region": "europe"}) == hash_inputs(
+    ...     {"region": "europe", "member": 3})
+    True
+    >>> len(hash_inputs({"member": 3}))
+    32
+    """
+    parts = components(parameters)
+    if on_component is not None:
+        for name, part in parts.items():
+            on_component(name, part)
+    return _digest([HASH_SCHEME, parts])
