@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import hashlib
 import os
 import posixpath
@@ -49,35 +50,44 @@ def validate_key(key: Any, *, store: str = "") -> str:
 
     A key is a relative POSIX path: not empty, not absolute, no ``\\``, no empty, ``.`` or ``..``
     segment, no segment named like the hidden directory (``.xpersist_sql``), no segment over 255
-    bytes, at most 1024 characters.
+    bytes, at most 1024 characters. The verdict on a key is cached: checking a key seen recently
+    costs a dictionary lookup.
     """
-    where = f" in store {store!r}" if store else ""
     if not isinstance(key, str):
+        where = f" in store {store!r}" if store else ""
         raise InvalidKeyError(f"a key must be a str, got {type(key).__name__} {key!r}{where}")
-    problem = None
-    segments = key.split("/")
-    if not key:
-        problem = "it is empty"
-    elif len(key) > MAX_KEY_LENGTH:
-        problem = f"it is longer than {MAX_KEY_LENGTH} characters"
-    elif "\x00" in key or "\\" in key:
-        problem = "it contains a NUL byte or a backslash"
-    elif key.startswith("/") or "://" in key or (len(key) > 1 and key[1] == ":"):
-        problem = "it is absolute; keys are paths relative to the store root"
-    elif any(segment in ("", ".", "..") for segment in segments):
-        problem = "it has an empty, '.' or '..' path segment"
-    elif HIDDEN_DIR in segments:
-        problem = f"{HIDDEN_DIR!r} is the name of a store's hidden directory"
-    elif any(
-        len(segment.encode("utf-8", "surrogatepass")) > MAX_SEGMENT_BYTES for segment in segments
-    ):
-        problem = f"a path segment is longer than {MAX_SEGMENT_BYTES} bytes"
+    if len(key) > MAX_KEY_LENGTH:  # not cached: any length may come
+        problem: str | None = f"it is longer than {MAX_KEY_LENGTH} characters"
+    else:
+        problem = _key_problem(key)
     if problem:
+        where = f" in store {store!r}" if store else ""
         raise InvalidKeyError(
             f"invalid key {key!r}{where}: {problem}. Use a relative path such as "
             "'results/2024/ds.zarr'"
         )
     return key
+
+
+@functools.lru_cache(maxsize=4096)
+def _key_problem(key: str) -> str | None:
+    """Return what makes ``key`` invalid, or None (cached: keys are read again and again)."""
+    segments = key.split("/")
+    if not key:
+        return "it is empty"
+    if "\x00" in key or "\\" in key:
+        return "it contains a NUL byte or a backslash"
+    if key.startswith("/") or "://" in key or (len(key) > 1 and key[1] == ":"):
+        return "it is absolute; keys are paths relative to the store root"
+    if any(segment in ("", ".", "..") for segment in segments):
+        return "it has an empty, '.' or '..' path segment"
+    if HIDDEN_DIR in segments:
+        return f"{HIDDEN_DIR!r} is the name of a store's hidden directory"
+    if any(
+        len(segment.encode("utf-8", "surrogatepass")) > MAX_SEGMENT_BYTES for segment in segments
+    ):
+        return f"a path segment is longer than {MAX_SEGMENT_BYTES} bytes"
+    return None
 
 
 def key_tag(key: str) -> str:

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sqlite3
+import threading
 import time
 import warnings
-from collections.abc import Mapping
+import weakref
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, ExceptionContext, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.exc import ArgumentError, DisconnectionError, NoSuchModuleError
 from sqlalchemy.exc import OperationalError as SQLOperationalError
 
 from ..errors import IndexUnavailableError, MissingDependencyError
@@ -22,12 +26,14 @@ __all__ = [
     "DATABASE_URL_ENV",
     "SQLITE_BUSY_TIMEOUT_MS",
     "SUPPORTED_URLS",
+    "SQLiteReaders",
     "check_database_url",
     "create_index_engine",
     "network_filesystem_type",
     "redact_options",
     "redact_url",
     "sqlite_path",
+    "sqlite_readers",
 ]
 
 #: The environment variable holding the default index URL.
@@ -40,6 +46,9 @@ SUPPORTED_URLS = (
 )
 #: Seconds a PostgreSQL connection attempt may take (unless the URL sets ``connect_timeout``).
 PG_CONNECT_TIMEOUT = 15
+#: A pooled PostgreSQL connection idle for longer than this is pinged when checked out (one
+#: round trip); one in steady use is not: reads then recover from a dropped connection on error.
+PG_IDLE_PING_SECONDS = 1.0
 
 SQLITE_BUSY_TIMEOUT_MS = 60_000
 NETWORK_FILESYSTEMS = frozenset(
@@ -258,6 +267,152 @@ def _readonly_creator(db_file: Path) -> Any:
     return connect
 
 
+def _reader_creator(db_file: Path, *, readonly: bool) -> Callable[[], sqlite3.Connection]:
+    """Return a factory of connections for reads only (``PRAGMA query_only``, autocommit).
+
+    A readonly store's readers are opened as its engine's connections are (see
+    :func:`_readonly_creator`); otherwise the existing file is opened read-write (``mode=rw``:
+    never created), its journal mode (WAL) being already set by the engine.
+    """
+    timeout = SQLITE_BUSY_TIMEOUT_MS / 1000
+    if readonly:
+        open_readonly = _readonly_creator(db_file)
+    else:
+        uri = f"file:{quote(db_file.resolve().as_posix())}?mode=rw"
+
+    def connect() -> sqlite3.Connection:
+        conn: sqlite3.Connection
+        if readonly:
+            conn = open_readonly()
+        else:
+            conn = sqlite3.connect(uri, uri=True, timeout=timeout, check_same_thread=False)
+        try:
+            conn.isolation_level = None  # each statement is its own (read) transaction
+            conn.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA query_only = ON")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    return connect
+
+
+#: Connections opened by a parent process, seen in a forked child: never used nor closed there
+#: (closing them could disturb the parent's database), only kept from the garbage collector.
+_INHERITED: list[sqlite3.Connection] = []
+
+
+class _Reader:
+    """One thread's read connection; closed when dropped (its thread ended, or its engine)."""
+
+    __slots__ = ("__weakref__", "conn", "pid")
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn: sqlite3.Connection | None = conn
+        self.pid = os.getpid()
+
+    def close(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is None:
+            return
+        if self.pid != os.getpid():
+            _INHERITED.append(conn)
+            return
+        with contextlib.suppress(sqlite3.Error):
+            conn.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # at interpreter shutdown
+            self.close()
+
+
+class SQLiteReaders:
+    """One SQLite connection per thread, kept open, for the index's hot reads.
+
+    A point lookup on SQLite takes a few microseconds; checking a connection out of the pool per
+    call costs more than that. Each thread gets its own connection (with ``PRAGMA query_only``:
+    it cannot write), opened on first use and closed when the thread ends, when
+    :meth:`close` is called or when the engine is disposed (``CacheStore.close()``). A forked
+    child never uses nor closes its parent's connections: it opens its own.
+
+    Parameters
+    ----------
+    connect : callable
+        Returns a new ``sqlite3.Connection`` (autocommit, ``query_only``).
+    """
+
+    def __init__(self, connect: Callable[[], sqlite3.Connection]) -> None:
+        self._connect = connect
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._readers: weakref.WeakSet[_Reader] = weakref.WeakSet()
+
+    def connection(self) -> sqlite3.Connection:
+        """Return this thread's connection, opening it if needed.
+
+        Raises
+        ------
+        sqlite3.Error
+            If the database cannot be opened.
+        """
+        reader: _Reader | None = getattr(self._local, "reader", None)
+        if reader is not None:
+            conn = reader.conn
+            if conn is not None and reader.pid == os.getpid():
+                return conn
+            reader.close()  # closed by close(), or the parent's after a fork (kept, unused)
+        reader = _Reader(self._connect())
+        self._local.reader = reader
+        with self._lock:
+            self._readers.add(reader)
+        assert reader.conn is not None
+        return reader.conn
+
+    def discard(self) -> None:
+        """Close this thread's connection (after an error on it): the next use opens another."""
+        reader: _Reader | None = getattr(self._local, "reader", None)
+        if reader is not None:
+            self._local.reader = None
+            reader.close()
+
+    def close(self) -> None:
+        """Close every thread's connection (this process's; a parent's are left alone)."""
+        with self._lock:
+            readers = list(self._readers)
+            self._readers = weakref.WeakSet()
+        for reader in readers:
+            reader.close()
+
+    @property
+    def open_connections(self) -> int:
+        """Number of connections open in this process (for tests and diagnostics)."""
+        pid = os.getpid()
+        with self._lock:
+            return sum(1 for r in self._readers if r.conn is not None and r.pid == pid)
+
+
+_READERS: weakref.WeakKeyDictionary[Engine, SQLiteReaders] = weakref.WeakKeyDictionary()
+
+
+def sqlite_readers(engine: Engine) -> SQLiteReaders | None:
+    """Return the per-thread read connections of an engine on a SQLite file, else None.
+
+    Only engines made by :func:`create_index_engine` on a SQLite file have them (not
+    PostgreSQL, not an in-memory database).
+    """
+    return _READERS.get(engine)
+
+
+def _attach_readers(engine: Engine, connect: Callable[[], sqlite3.Connection]) -> None:
+    readers = SQLiteReaders(connect)
+    _READERS[engine] = readers
+
+    @event.listens_for(engine, "engine_disposed")
+    def _on_dispose(_engine: Engine) -> None:
+        readers.close()
+
+
 def _sqlite_engine(url: URL, *, readonly: bool = False) -> Engine:
     db_file = sqlite_path(url)
     if readonly and db_file is not None:
@@ -269,6 +424,7 @@ def _sqlite_engine(url: URL, *, readonly: bool = False) -> Engine:
             dbapi_connection.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
             dbapi_connection.execute("PRAGMA query_only = ON")
 
+        _attach_readers(engine, _reader_creator(db_file, readonly=True))
         return engine
     if db_file is not None:
         db_file.parent.mkdir(parents=True, exist_ok=True)
@@ -311,7 +467,38 @@ def _sqlite_engine(url: URL, *, readonly: bool = False) -> Engine:
         if connection.get_execution_options().get(WRITE_OPTION):
             connection.exec_driver_sql("BEGIN IMMEDIATE")
 
+    if db_file is not None:
+        _attach_readers(engine, _reader_creator(db_file, readonly=False))
     return engine
+
+
+def _ping_idle_connections(engine: Engine) -> None:
+    """Ping a pooled connection on checkout only when it has been idle for a while.
+
+    ``pool_pre_ping`` costs a round trip per checkout, as much as the lookup itself. A connection
+    in steady use (checked in less than :data:`PG_IDLE_PING_SECONDS` ago) is not pinged: a read
+    that finds it dropped is retried once on a new one (see
+    :class:`~xpersist_sql.db.index.ArtifactIndex`) and the rest of the pool is renewed, as
+    SQLAlchemy does on any disconnect error. A connection idle for longer (where a server
+    restart, a firewall, a proxy or ``idle_session_timeout`` may have dropped it) is pinged
+    first, and replaced if dead, so that a write after a pause does not fail on it.
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info["xpersist_idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get("xpersist_idle_since")
+        if since is None or time.monotonic() - since < PG_IDLE_PING_SECONDS:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except engine.dialect.loaded_dbapi.Error as exc:
+            if engine.dialect.is_disconnect(exc, dbapi_connection, None):
+                raise DisconnectionError(str(exc)) from exc  # the pool connects anew
+            raise
 
 
 def _first_lines(error: BaseException) -> str:
@@ -346,7 +533,7 @@ def _unavailable(url: URL, error: BaseException) -> IndexUnavailableError:
 def _refuse_unavailable(engine: Engine, url: URL) -> None:
     """Turn a failure to connect (not a failing statement) into :class:`IndexUnavailableError`.
 
-    A pooled connection found dead by the pre-ping is left alone: the pool reconnects.
+    A pooled connection found dead by a ping is left alone: the pool reconnects.
     """
 
     @event.listens_for(engine, "handle_error")
@@ -362,10 +549,11 @@ def _refuse_unavailable(engine: Engine, url: URL) -> None:
 def create_index_engine(url: str | URL, *, readonly: bool = False) -> Engine:
     """Create the engine for an index database URL.
 
-    SQLite gets WAL, a busy timeout, foreign keys and ``BEGIN IMMEDIATE`` for writes;
-    PostgreSQL a small pre-pinged pool. ``readonly`` opens a SQLite file read-only (no WAL
-    switch, no directory created, nothing written). A connection that cannot be made raises
-    :class:`~xpersist_sql.IndexUnavailableError`.
+    SQLite gets WAL, a busy timeout, foreign keys and ``BEGIN IMMEDIATE`` for writes, and one
+    read connection per thread (:func:`sqlite_readers`); PostgreSQL a small pool whose
+    connections are pinged only after :data:`PG_IDLE_PING_SECONDS` idle. ``readonly`` opens a
+    SQLite file read-only (no WAL switch, no directory created, nothing written). A connection
+    that cannot be made raises :class:`~xpersist_sql.IndexUnavailableError`.
 
     Raises
     ------
@@ -380,12 +568,15 @@ def create_index_engine(url: str | URL, *, readonly: bool = False) -> Engine:
         if backend == "sqlite":
             engine = _sqlite_engine(parsed, readonly=readonly)
         else:
-            kwargs: dict[str, Any] = {"pool_pre_ping": True}
+            # no pool_pre_ping: a round trip per checkout (see _ping_idle_connections)
+            kwargs: dict[str, Any] = {}
             if backend == "postgresql":
                 kwargs.update(pool_size=5, max_overflow=10, pool_recycle=1800)
                 if "connect_timeout" not in parsed.query:
                     kwargs["connect_args"] = {"connect_timeout": PG_CONNECT_TIMEOUT}
             engine = create_engine(parsed, **kwargs)
+            if backend == "postgresql":
+                _ping_idle_connections(engine)
     except ImportError as exc:
         raise MissingDependencyError(
             f"the index database {redact_url(parsed)} needs the Python package "

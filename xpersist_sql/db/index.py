@@ -7,16 +7,20 @@ several stores can share one database and each sees and changes only its own row
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
+import sqlite3
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import (
     Connection,
+    Dialect,
     Engine,
     Row,
     Select,
+    bindparam,
     case,
     delete,
     func,
@@ -30,8 +34,15 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from ..models import Artifact
 from ..query import ArtifactQuery, SummaryRow
-from .engine import WRITE_OPTION
-from .queries import fetch_artifacts, summarize
+from .engine import WRITE_OPTION, sqlite_readers
+from .queries import (
+    ARTIFACT_FIELDS,
+    CompiledSelect,
+    artifact_columns,
+    artifacts_from_rows,
+    compile_query,
+    summarize,
+)
 from .tables import ARTIFACTS, TAGS
 
 __all__ = ["ArtifactIndex", "key_prefixes", "promoted_columns", "row_to_artifact", "tags_of"]
@@ -82,14 +93,9 @@ def not_expired(now: datetime | None = None) -> Any:
 
 
 def row_to_artifact(row: Any) -> Artifact:
-    """Build an :class:`Artifact` from a row of the artifacts table."""
+    """Build an :class:`Artifact` from a row of the artifacts table (not validated again)."""
     mapping = row._mapping
-    values = {field: mapping[field] for field in _ROW_FIELDS}
-    for field in ("load_kwargs", "dump_kwargs", "additional_metadata", "versions"):
-        if values[field] is None:
-            values[field] = {}
-    # the columns already have the model's types (aware UTC datetimes, decoded JSON)
-    return Artifact.model_construct(**values)
+    return artifacts_from_rows([tuple([mapping[field] for field in ARTIFACT_FIELDS])])[0]
 
 
 def key_prefixes(key: str) -> list[str]:
@@ -105,6 +111,32 @@ def _namespace_lock_id(store_id: int, key: str) -> int:
 
 
 _LAST_USED = func.coalesce(ARTIFACTS.c.last_accessed_at, ARTIFACTS.c.created_at)
+
+
+def _unexpired() -> Any:
+    return or_(ARTIFACTS.c.expires_at.is_(None), ARTIFACTS.c.expires_at > bindparam("now"))
+
+
+def _statements(dialect: str) -> dict[str, Select[Any]]:
+    """Return the hot reads of one store, its id and the key as bound parameters."""
+    c = ARTIFACTS.c
+    mine = c.store_id == bindparam("store_id")
+    return {
+        "get": select(*artifact_columns(dialect)).where(mine, c.key == bindparam("key")),
+        "contains": select(c.id).where(mine, c.key == bindparam("key"), _unexpired()),
+        "keys": select(c.key).where(mine, _unexpired()).order_by(c.key),
+        "keys_all": select(c.key).where(mine).order_by(c.key),
+        "count": select(func.count()).select_from(ARTIFACTS).where(mine, _unexpired()),
+        "count_all": select(func.count()).select_from(ARTIFACTS).where(mine),
+    }
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled(dialect: Dialect) -> dict[str, CompiledSelect]:
+    """Return the hot reads compiled once per dialect (engine)."""
+    return {
+        name: CompiledSelect.of(stmt, dialect) for name, stmt in _statements(dialect.name).items()
+    }
 
 
 class ArtifactIndex:
@@ -123,6 +155,62 @@ class ArtifactIndex:
         self.engine = engine
         self.store_id = store_id
         self._mine = ARTIFACTS.c.store_id == store_id
+        dialect = engine.dialect
+        self._sql = _compiled(dialect)
+        # SQLite file: one connection per thread (see engine.SQLiteReaders)
+        self._readers = sqlite_readers(engine)
+        # PostgreSQL (psycopg 3): a pooled connection, used in autocommit for one statement
+        self._psycopg = dialect.name == "postgresql" and dialect.driver == "psycopg"
+
+    # -- hot reads on the driver -----------------------------------------------------------------
+    def _select(self, compiled: CompiledSelect, params: dict[str, Any]) -> Sequence[Any]:
+        """Return the rows of a compiled ``SELECT``, run on the driver's cursor.
+
+        SQLite runs it on this thread's connection; PostgreSQL on a pooled connection in
+        autocommit (one round trip, no ``BEGIN``/``ROLLBACK``; psycopg prepares a statement run
+        often). If the driver fails (a dropped connection, a locked or replaced file...) that
+        connection is discarded and the statement runs once more through SQLAlchemy, on a fresh
+        connection: a transient failure is retried, a lasting one raises SQLAlchemy's error.
+        """
+        readers = self._readers
+        if readers is not None:
+            try:
+                return readers.connection().execute(compiled.sql, compiled.bind(params)).fetchall()
+            except sqlite3.Error:
+                readers.discard()
+        elif self._psycopg:
+            rows = self._psycopg_select(compiled, params)
+            if rows is not None:
+                return rows
+        with self.read() as conn:
+            return conn.execute(compiled.statement, params).all()
+
+    def _psycopg_select(self, compiled: CompiledSelect, params: dict[str, Any]) -> list[Any] | None:
+        """Run the statement on a pooled psycopg connection; None if the driver failed."""
+        engine = self.engine
+        fairy = engine.raw_connection()
+        try:
+            dbapi: Any = fairy.driver_connection
+            try:
+                dbapi.autocommit = True
+                try:
+                    return list(dbapi.execute(compiled.sql, compiled.bind(params)).fetchall())
+                finally:
+                    if not dbapi.closed:
+                        dbapi.autocommit = False
+            except engine.dialect.loaded_dbapi.Error as exc:
+                if engine.dialect.is_disconnect(exc, dbapi, None):
+                    # the server dropped it (restart, failover, idle timeout): the rest of the
+                    # pool was very likely dropped too, renew it as SQLAlchemy does
+                    engine.pool._invalidate(fairy, exc)
+                else:
+                    fairy.invalidate(exc)
+                return None
+        finally:
+            fairy.close()
+
+    def _now(self) -> datetime:
+        return datetime.now(timezone.utc)
 
     # -- transactions ----------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -152,36 +240,38 @@ class ArtifactIndex:
 
     def get(self, key: str) -> Artifact | None:
         """Return the artifact stored under ``key`` (expired or not), or None."""
-        with self.read() as conn:
-            found = self.fetch(conn, key)
-        return None if found is None else found[1]
+        rows = self._select(self._sql["get"], {"store_id": self.store_id, "key": key})
+        return artifacts_from_rows(rows)[0] if rows else None
 
     def keys(self, *, include_expired: bool = False) -> list[str]:
         """Return the stored keys, sorted."""
-        stmt = select(ARTIFACTS.c.key).where(self._mine).order_by(ARTIFACTS.c.key)
-        if not include_expired:
-            stmt = stmt.where(not_expired())
-        with self.read() as conn:
-            return list(conn.scalars(stmt))
+        if include_expired:
+            rows = self._select(self._sql["keys_all"], {"store_id": self.store_id})
+        else:
+            params = {"store_id": self.store_id, "now": self._now()}
+            rows = self._select(self._sql["keys"], params)
+        return [row[0] for row in rows]
 
     def count(self, *, include_expired: bool = False) -> int:
         """Return the number of stored artifacts."""
-        stmt = select(func.count()).select_from(ARTIFACTS).where(self._mine)
-        if not include_expired:
-            stmt = stmt.where(not_expired())
-        with self.read() as conn:
-            return int(conn.scalar(stmt) or 0)
+        if include_expired:
+            rows = self._select(self._sql["count_all"], {"store_id": self.store_id})
+        else:
+            params = {"store_id": self.store_id, "now": self._now()}
+            rows = self._select(self._sql["count"], params)
+        return int(rows[0][0] or 0) if rows else 0
 
     def contains(self, key: str) -> bool:
-        """Return whether an unexpired artifact is stored under ``key``."""
-        stmt = select(ARTIFACTS.c.id).where(self._mine, ARTIFACTS.c.key == key, not_expired())
-        with self.read() as conn:
-            return conn.execute(stmt).first() is not None
+        """Return whether an unexpired artifact is stored under ``key`` (one index lookup)."""
+        params = {"store_id": self.store_id, "key": key, "now": self._now()}
+        return bool(self._select(self._sql["contains"], params))
 
     def query(self, spec: ArtifactQuery) -> list[Artifact]:
         """Return the artifacts matching ``spec`` (see :mod:`xpersist_sql.db.queries`)."""
-        with self.read() as conn:
-            return fetch_artifacts(conn, spec, self.store_id)
+        if spec.limit == 0:
+            return []
+        compiled, params = compile_query(spec, self.engine.dialect, self.store_id)
+        return artifacts_from_rows(self._select(compiled, params))
 
     def summarize(self, spec: ArtifactQuery, by: str) -> list[SummaryRow]:
         """Count and add up the sizes of the artifacts matching ``spec``, per value of ``by``."""
