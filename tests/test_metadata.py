@@ -141,3 +141,32 @@ def test_metadata_filters_find_every_name(store: CacheStore, name: str) -> None:
     store.put("hit.json", 1, serializer="json", additional_metadata={"who": name})
     store.put("miss.json", 1, serializer="json", additional_metadata={"who": name + "x"})
     assert [a.key for a in store.query(metadata={"who": name})] == ["hit.json"]
+
+
+@pytest.mark.parametrize("extra", [0, 1, 600, 5000])
+def test_long_names_and_tags_are_matched_exactly(store: CacheStore, extra: int) -> None:
+    """Names longer than their indexed column are found by an exact filter, and never match
+    another name sharing their beginning."""
+    flow = "f" * (500 + extra)
+    tag = "t" * (250 + extra)
+    store.put(
+        "long.json",
+        1,
+        serializer="json",
+        additional_metadata={"flow_name": flow, "task_name": flow, "task_tags": [tag]},
+    )
+    store.put(
+        "other.json",
+        1,
+        serializer="json",
+        additional_metadata={
+            "flow_name": flow + "x",
+            "task_name": flow + "x",
+            "task_tags": [tag + "x"],
+        },
+    )
+    assert [a.key for a in store.query(flow_name=flow)] == ["long.json"]
+    assert [a.key for a in store.query(task_name=flow + "x")] == ["other.json"]
+    assert [a.key for a in store.query(tags=[tag])] == ["long.json"]
+    assert [a.key for a in store.query(tags=[tag + "x"], flow_name=flow + "x")] == ["other.json"]
+    assert store.get_artifact("long.json").additional_metadata["flow_name"] == flow

@@ -221,6 +221,12 @@ def test_backfill_matches_what_put_records(store_path: Path, index_url: str) -> 
         created = dict(conn.execute(sa.select(ARTIFACTS.c.id, ARTIFACTS.c.created_at)).all())
     for key, metadata in OLD_ROWS:
         row = rows[key]
+        if key == "long.json":
+            # revision 0002 cut names longer than their column; a put now stores a digest form
+            # that an exact filter finds (db/tables.py index_text). Old rows keep the cut, found
+            # by a filter on their first 512 characters (see the upgrade test above).
+            assert row.flow_name == "x" * 512
+            continue
         assert {name: row._mapping[name] for name in promoted_columns(metadata)} == (
             promoted_columns(metadata)
         ), key

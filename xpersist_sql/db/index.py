@@ -43,11 +43,10 @@ from .queries import (
     compile_query,
     summarize,
 )
-from .tables import ARTIFACTS, TAGS
+from .tables import ARTIFACTS, INDEXED_TEXT_LENGTHS, TAG_LENGTH, TAGS, index_text
 
 __all__ = ["ArtifactIndex", "key_prefixes", "promoted_columns", "row_to_artifact", "tags_of"]
 
-PROMOTED_LENGTHS = {"flow_name": 512, "task_name": 512, "flow_run_id": 64, "task_run_id": 64}
 TAG_FIELDS = ("task_tags", "tags")
 _ROW_FIELDS = (
     "key",
@@ -67,9 +66,9 @@ _ROW_FIELDS = (
 def promoted_columns(metadata: Mapping[str, Any]) -> dict[str, str | None]:
     """Values of the indexed columns, taken from the same names in ``additional_metadata``."""
     values: dict[str, str | None] = {}
-    for name, length in PROMOTED_LENGTHS.items():
+    for name, length in INDEXED_TEXT_LENGTHS.items():
         value = metadata.get(name)
-        values[name] = None if value is None else str(value)[:length]
+        values[name] = None if value is None else index_text(str(value), length)
     return values
 
 
@@ -79,7 +78,7 @@ def tags_of(metadata: Mapping[str, Any]) -> set[str]:
     for field in TAG_FIELDS:
         value = metadata.get(field)
         if isinstance(value, (list, tuple, set, frozenset)):
-            tags.update(str(tag)[:256] for tag in value)
+            tags.update(index_text(str(tag), TAG_LENGTH) for tag in value)
     return tags
 
 

@@ -53,7 +53,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 
 from ..models import Artifact
 from ..query import SUMMARY_FIELDS, TEXT_FILTERS, ArtifactQuery, MetadataValue, SummaryRow
-from .tables import ARTIFACTS, TAGS, UTCDateTime
+from .tables import ARTIFACTS, INDEXED_TEXT_LENGTHS, TAG_LENGTH, TAGS, UTCDateTime, index_text
 
 try:  # a dependency of prefect, so often present; 3x faster than json on small documents
     from orjson import loads as _json_loads
@@ -251,8 +251,12 @@ def _shape(query: ArtifactQuery, dialect: str, store_id: int) -> tuple[Any, dict
     if query.key is not None:
         key_kind, params["key"] = _key_pattern(query.key, dialect)
     texts = tuple(name for name in TEXT_FILTERS if getattr(query, name) is not None)
-    params.update((name, getattr(query, name)) for name in texts)
-    params.update((f"tag_{i}", tag) for i, tag in enumerate(query.tags))
+    # looked up as they are stored: a value too long for its column by its digest form
+    params.update(
+        (name, index_text(getattr(query, name), INDEXED_TEXT_LENGTHS.get(name, 1 << 30)))
+        for name in texts
+    )
+    params.update((f"tag_{i}", index_text(tag, TAG_LENGTH)) for i, tag in enumerate(query.tags))
     kinds = tuple(_value_kind(value) for _, value in query.metadata)
     if query.metadata:
         if dialect == "postgresql":

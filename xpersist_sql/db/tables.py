@@ -6,6 +6,7 @@ Alembic's autogenerate.
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime, timezone
 from typing import Any
 
@@ -26,7 +27,18 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
-__all__ = ["ARTIFACTS", "METADATA", "STORES", "TAGS", "JSONType", "KeyType", "UTCDateTime"]
+__all__ = [
+    "ARTIFACTS",
+    "INDEXED_TEXT_LENGTHS",
+    "METADATA",
+    "STORES",
+    "TAGS",
+    "TAG_LENGTH",
+    "JSONType",
+    "KeyType",
+    "UTCDateTime",
+    "index_text",
+]
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -133,3 +145,26 @@ TAGS = Table(
     Column("created_at", UTCDateTime(), nullable=False),
     Index(None, "tag", "created_at", "artifact_id"),
 )
+
+#: Lengths of the indexed text columns filled from ``additional_metadata``, and of a tag.
+INDEXED_TEXT_LENGTHS: dict[str, int] = {
+    name: int(ARTIFACTS.c[name].type.length)  # type: ignore[attr-defined]
+    for name in ("flow_name", "task_name", "flow_run_id", "task_run_id")
+}
+TAG_LENGTH: int = int(TAGS.c.tag.type.length)  # type: ignore[attr-defined]
+_DIGEST_CHARS = 40
+
+
+def index_text(value: str, length: int) -> str:
+    """Return how ``value`` is stored in (and looked up from) an indexed column of ``length``.
+
+    A value that fits is stored as it is. A longer one (a flow name over 512 characters, a tag
+    over 256) is stored as its first characters, ``~`` and the sha1 of the whole value, which
+    fits the column and tells it apart from every other value: an exact filter on the long name
+    finds it, and no other, where a cut would have missed it (or matched another name with the
+    same beginning). The full value stays in ``additional_metadata``.
+    """
+    if len(value) <= length:
+        return value
+    digest = hashlib.sha1(value.encode("utf-8", "surrogatepass"), usedforsecurity=False)
+    return f"{value[: length - _DIGEST_CHARS - 1]}~{digest.hexdigest()}"
