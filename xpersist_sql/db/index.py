@@ -48,19 +48,6 @@ from .tables import ARTIFACTS, INDEXED_TEXT_LENGTHS, TAG_LENGTH, TAGS, index_tex
 __all__ = ["ArtifactIndex", "key_prefixes", "promoted_columns", "row_to_artifact", "tags_of"]
 
 TAG_FIELDS = ("task_tags", "tags")
-_ROW_FIELDS = (
-    "key",
-    "serializer",
-    "load_kwargs",
-    "dump_kwargs",
-    "additional_metadata",
-    "created_at",
-    "size_bytes",
-    "checksum",
-    "fingerprint",
-    "expires_at",
-    "versions",
-)
 
 
 def promoted_columns(metadata: Mapping[str, Any]) -> dict[str, str | None]:
@@ -363,7 +350,7 @@ class ArtifactIndex:
 
     # -- writes (inside a ``write()`` transaction) -----------------------------------------------
     def _values(self, artifact: Artifact) -> dict[str, Any]:
-        values = {field: getattr(artifact, field) for field in _ROW_FIELDS}
+        values = {field: getattr(artifact, field) for field in ARTIFACT_FIELDS}
         values.update(promoted_columns(artifact.additional_metadata))
         values["store_id"] = self.store_id
         return values
