@@ -272,6 +272,11 @@ def _is_datatree(value: Any) -> bool:
     return kind.__name__ == "DataTree" and kind.__module__.startswith("xarray")
 
 
+def _is_xarray(value: Any, name: str) -> bool:
+    kind = type(value)
+    return kind.__name__ == name and kind.__module__.startswith("xarray")
+
+
 def _dask_token(value: Any) -> str:
     try:
         from dask.base import tokenize
@@ -318,12 +323,40 @@ class _Hasher:
                 "datatree",
                 [[node.path, self.token(node.to_dataset(inherit=False))] for node in nodes],
             ]
+        if _is_xarray(value, "Dataset") or _is_xarray(value, "DataArray"):
+            return self.xarray(value)
         try:
             return ["dask", _type_name(value), _dask_token(value)]
         except (MissingDependencyError, RecursionError):
             raise
         except Exception as exc:  # dask's TokenizationError, or what a __dask_tokenize__ raised
             raise self.fail(value, f"{type(exc).__name__}: {exc}") from exc
+
+    def xarray(self, value: Any) -> Any:
+        """Hash a Dataset or DataArray from its variables, in name order.
+
+        Not through xarray's own ``__dask_tokenize__``, which includes sets (the coordinate
+        names) that some dask versions normalise in hash-seed order.
+        """
+        if _is_xarray(value, "DataArray"):
+            coords = sorted(
+                [str(name), self.variable(coord.variable)] for name, coord in value.coords.items()
+            )
+            return ["dataarray", str(value.name), self.variable(value.variable), coords]
+        coord_names = {str(name) for name in value.coords}
+        variables = sorted(
+            [str(name), str(name) in coord_names, self.variable(variable)]
+            for name, variable in value.variables.items()
+        )
+        return ["dataset", variables, self.token(dict(value.attrs))]
+
+    def variable(self, variable: Any) -> Any:
+        data = variable.data  # a numpy or dask array (a dask array is hashed by its name)
+        return [
+            [str(dim) for dim in variable.dims],
+            self.token(dict(variable.attrs)),
+            ["dask", _type_name(data), _dask_token(data)],
+        ]
 
     def container(self, value: list[Any] | tuple[Any, ...] | dict[Any, Any]) -> Any:
         if isinstance(value, dict):
