@@ -378,13 +378,12 @@ def fetch_artifacts(conn: Connection, query: ArtifactQuery, store_id: int) -> li
 
 def _as_utc(value: Any) -> datetime:
     """Return a column's datetime (SQLite's naive UTC text, or a datetime) as aware UTC."""
-    if value.__class__ is str:
-        value = _fromisoformat(value)
-    if value.tzinfo is None:
-        return value.replace(tzinfo=_UTC)  # type: ignore[no-any-return]
-    if value.tzinfo is _UTC:
-        return value  # type: ignore[no-any-return]
-    return value.astimezone(_UTC)  # type: ignore[no-any-return]
+    when: datetime = _fromisoformat(value) if value.__class__ is str else value
+    if when.tzinfo is None:
+        return when.replace(tzinfo=_UTC)
+    if when.tzinfo is _UTC:
+        return when
+    return when.astimezone(_UTC)
 
 
 def artifacts_from_rows(rows: Iterable[Sequence[Any]]) -> list[Artifact]:
