@@ -13,14 +13,23 @@ Operations: a small JSON value, and an xarray dataset written as zarr (about 100
 
 Every put writes a new key (the payload is removed after the timing); every get reads the same
 key again, so both peers and xpersist_sql read from a warm page cache.
+
+Metadata hot paths, on an index of 20,000 rows (inserted in bulk): ``store.get_artifact(key)``
+against a raw ``sqlite3`` point lookup on the same table, ``key in store`` against diskcache's
+``get``; with ``$XPERSIST_SQL_TEST_POSTGRES_URL`` set, both on PostgreSQL (a temporary database)
+against a raw psycopg lookup. Each sample is the mean of a batch of calls.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import sqlite3
 import tempfile
+import uuid
 import warnings
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -303,6 +312,166 @@ def bench_dataset(root: Path, ds: xr.Dataset, repeats: int) -> list[dict[str, An
     return rows
 
 
+# -- metadata hot paths: get_artifact, `in`, against the floor ------------------------------------
+OURS_PG = "xpersist_sql CacheStore, PostgreSQL index"
+RAW_SQLITE = "raw sqlite3 point lookup, same table"
+RAW_PSYCOPG = "raw psycopg point lookup, same table"
+POSTGRES_ENV = "XPERSIST_SQL_TEST_POSTGRES_URL"
+_COLUMNS = (
+    "store_id, key, serializer, load_kwargs, dump_kwargs, additional_metadata, created_at, "
+    "size_bytes, fingerprint, versions, flow_name, task_name"
+)
+_LOOKUP = "SELECT * FROM xpersist_artifacts WHERE store_id = {p} AND key = {p}"
+
+
+def _fill(store: CacheStore, n: int, execute_many: Callable[[str, list[Any]], Any], p: str) -> int:
+    """Add ``n`` rows to the store's index in bulk (not a put per row); return its store id."""
+    rows_of_store = store._rows(create=True)
+    assert rows_of_store is not None
+    store_id = rows_of_store.store_id
+    metadata = json.dumps({"flow_name": "bench-flow", "task_name": "bench-task", "map_index": -1})
+    versions = json.dumps({"xpersist_sql": "0.1.0", "python": "3.11"})
+    created = datetime(2025, 1, 1, tzinfo=timezone.utc)
+    rows = [
+        (
+            store_id,
+            f"meta/{i:07d}.json",
+            "json",
+            "{}",
+            "{}",
+            metadata,
+            created if p == "%s" else created.strftime("%Y-%m-%d %H:%M:%S.%f"),
+            1000 + i,
+            f"size={1000 + i}",
+            versions,
+            "bench-flow",
+            "bench-task",
+        )
+        for i in range(n)
+    ]
+    sql = f"INSERT INTO xpersist_artifacts ({_COLUMNS}) VALUES ({', '.join([p] * 12)})"
+    execute_many(sql, rows)
+    return store_id
+
+
+def _paired(
+    benchmark: str,
+    cases: dict[str, Callable[[], Any]],
+    repeats: int,
+    batch: int = 200,
+) -> list[dict[str, Any]]:
+    """One row per case; each sample is the mean of a batch of calls (microsecond calls).
+
+    The cases' batches alternate (ours, peer, ours, peer...), so that a change of load on the
+    machine weighs on both alike.
+    """
+
+    def many(fn: Callable[[], Any]) -> Callable[[int], None]:
+        def run_batch(_: int) -> None:
+            for _ in range(batch):
+                fn()
+
+        return run_batch
+
+    samples: dict[str, list[float]] = {case: [] for case in cases}
+    for fn in cases.values():
+        timings(many(fn), 0, warmup=2)
+    for _ in range(repeats):
+        for case, fn in cases.items():
+            samples[case] += [ms / batch for ms in timings(many(fn), 1, warmup=0)]
+    return [row(benchmark, case, durations) for case, durations in samples.items()]
+
+
+def bench_metadata(root: Path, n: int, repeats: int) -> list[dict[str, Any]]:
+    """``get_artifact`` and ``key in store`` against a raw point lookup and diskcache's get."""
+    store = _store(root / "store")
+    store.put("meta/first.json", SMALL_VALUE, serializer="json")
+    db_file = store.database_url.removeprefix("sqlite:///")
+    raw = sqlite3.connect(db_file, check_same_thread=False)
+    with raw:
+        store_id = _fill(store, n, raw.executemany, "?")
+    key = f"meta/{n // 2:07d}.json"
+    lookup = _LOOKUP.format(p="?")
+    assert store.get_artifact(key).key == key and key in store
+    assert raw.execute(lookup, (store_id, key)).fetchone() is not None
+    rows = _paired(
+        f"get_artifact ({n:,} rows)",
+        {
+            OURS: lambda: store.get_artifact(key),
+            RAW_SQLITE: lambda: raw.execute(lookup, (store_id, key)).fetchone(),
+        },
+        repeats,
+    )
+    cache = _diskcache(root / "diskcache")
+    contains: dict[str, Callable[[], Any]] = {OURS: lambda: key in store}
+    if cache is not None:
+        cache.set(key, SMALL_VALUE)
+        contains[DISKCACHE] = lambda: cache.get(key)
+    rows += _paired(f"key in store ({n:,} rows)", contains, repeats)
+    if cache is not None:
+        cache.close()
+    raw.close()
+    store.close()
+    url = os.environ.get(POSTGRES_ENV)
+    if url:
+        rows += _bench_metadata_postgres(root / "pg-store", url, n, repeats)
+    return rows
+
+
+def _bench_metadata_postgres(
+    root: Path, admin_url: str, n: int, repeats: int
+) -> list[dict[str, Any]]:
+    """The same on PostgreSQL (a temporary database), against a raw psycopg lookup."""
+    import psycopg
+    import sqlalchemy as sa
+
+    name = f"xpersist_bench_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = sa.engine.make_url(admin_url).set(database=name)
+    try:
+        store = CacheStore(root, database_url=url.render_as_string(hide_password=False))
+        dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        raw = psycopg.connect(dsn, autocommit=True)
+        with raw.cursor() as cursor:
+            store_id = _fill(store, n, cursor.executemany, "%s")
+        raw.execute("ANALYZE xpersist_artifacts")
+        key = f"meta/{n // 2:07d}.json"
+        lookup = _LOOKUP.format(p="%s")
+        assert store.get_artifact(key).key == key and key in store
+        unexpired = lookup.replace("SELECT *", "SELECT id") + (
+            " AND (expires_at IS NULL OR expires_at > %s)"
+        )
+        rows = _paired(
+            f"get_artifact, PostgreSQL ({n:,} rows)",
+            {
+                OURS_PG: lambda: store.get_artifact(key),
+                RAW_PSYCOPG: lambda: raw.execute(lookup, (store_id, key)).fetchone(),
+            },
+            repeats,
+            batch=50,
+        )
+        rows += _paired(
+            f"key in store, PostgreSQL ({n:,} rows)",
+            {
+                OURS_PG: lambda: key in store,
+                RAW_PSYCOPG: lambda: raw.execute(
+                    unexpired, (store_id, key, datetime.now(timezone.utc))
+                ).fetchone(),
+            },
+            repeats,
+            batch=50,
+        )
+        raw.close()
+        store.close()
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+    return add_ratios(rows, OURS_PG)
+
+
 def run(quick: bool) -> list[dict[str, Any]]:
     """Run the store benchmarks; ``quick`` uses a 10 MB dataset and fewer repeats."""
     json_repeats, ds_repeats, megabytes = (20, 3, 10.0) if quick else (100, 5, 100.0)
@@ -311,7 +480,9 @@ def run(quick: bool) -> list[dict[str, Any]]:
     try:
         (base / "json").mkdir()
         (base / "dataset").mkdir()
-        rows = bench_json(base / "json", json_repeats)
+        (base / "metadata").mkdir()
+        rows = bench_metadata(base / "metadata", 20_000, 7 if quick else 21)
+        rows += bench_json(base / "json", json_repeats)
         rows += bench_dataset(base / "dataset", ds, ds_repeats)
     finally:
         shutil.rmtree(base, ignore_errors=True)
