@@ -28,18 +28,38 @@ from typing import Any
 
 import fsspec
 from sqlalchemy import Connection, Engine
+from sqlalchemy import exc as sa_exc
 
 from .db.access import AccessLog
 from .db.engine import create_index_engine, redact_url, sqlite_path
 from .db.index import ArtifactIndex
+from .db.locks import KeyLock, key_lock
 from .db.schema import ensure_schema, schema_state, upgrade_command
 from .db.stores import find_store, register_store, set_store_root, stores_at_root
-from .errors import InvalidKeyError, OverlappingKeyError, StoreMismatchError, StoreNotFoundError
+from .errors import (
+    InvalidKeyError,
+    LockTimeoutError,
+    OverlappingKeyError,
+    StoreMismatchError,
+    StoreNotFoundError,
+)
 from .marker import HIDDEN_DIR, StoreMarker, create_marker, read_marker, store_root_url
 from .models import Artifact
-from .storage import PayloadStorage, validate_key
+from .storage import PayloadStat, PayloadStorage, join_fingerprint, split_fingerprint, validate_key
 
-__all__ = ["Changes", "StoreBackend"]
+__all__ = ["WRITE_LOCK_PREFIX", "Changes", "StoreBackend"]
+
+#: Prefix of the key locks that writers of an object store hold while they write a key's payload
+#: in place (never the lock of ``CacheStore.lock(key)``, which a caller may hold around a put).
+WRITE_LOCK_PREFIX = "\x00xpersist_sql-write\x00"
+
+
+class _Kept(Exception):
+    """Raised inside an in-place write whose key turned out to be kept (``decide``)."""
+
+    def __init__(self, artifact: Artifact) -> None:
+        super().__init__(artifact.key)
+        self.artifact = artifact
 
 
 @dataclass
@@ -313,6 +333,67 @@ class StoreBackend:
         for trash, _key in changes.displaced:
             self.storage.purge(trash)
 
+    @contextlib.contextmanager
+    def writing(self, key: str) -> Iterator[None]:
+        """Hold the write lock of ``key`` on an object store (a no-op on local disk).
+
+        On object stores a payload is written in place (:meth:`write_in_place`), so its writer,
+        and whatever moves a payload out of the key (``delete``, ``gc``, ``evict``, the repair
+        of a read), hold this lock, shared by every process and machine using the index and
+        released when the holder dies. On local disk the write transaction orders them.
+        """
+        if self.storage.is_local:
+            yield
+            return
+        lock = self._write_lock(key)
+        lock.acquire(None)
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def _write_lock(self, key: str) -> KeyLock:
+        return key_lock(self.engine, WRITE_LOCK_PREFIX + key, store=self.storage.url())
+
+    def _overlap(self, index: ArtifactIndex, conn: Connection, key: str) -> None:
+        conflict = index.conflicting_key(conn, key)
+        if conflict is None:
+            return
+        raise OverlappingKeyError(
+            f"cannot store key {key!r} in store {self.storage.url()!r}: it "
+            + (
+                f"lies inside the stored key {conflict!r}"
+                if key.startswith(conflict + "/")
+                else f"contains the stored key {conflict!r}"
+            )
+            + ". A key may not contain or lie inside another key; choose another key, "
+            f"or delete {conflict!r} first"
+        )
+
+    def _record_row(
+        self,
+        index: ArtifactIndex,
+        conn: Connection,
+        artifact: Artifact,
+        decide: Callable[[Artifact], Artifact | None],
+    ) -> tuple[int, Artifact | None]:
+        """Insert the row, or replace the one holding the key; ``(id, kept artifact or None)``."""
+        key = artifact.key
+        artifact_id = index.insert_if_absent(conn, artifact)
+        while artifact_id is None:
+            found = index.fetch(conn, key, for_update=True)
+            if found is None:
+                # PostgreSQL: a concurrent delete committed between our conflicting insert
+                # and this read; the key is free again, insert once more.
+                artifact_id = index.insert_if_absent(conn, artifact)
+                continue
+            artifact_id, existing = found
+            kept = decide(existing)
+            if kept is not None:
+                return artifact_id, kept
+            index.replace(conn, artifact_id, artifact)
+        return artifact_id, None
+
     def write(
         self,
         staged: str,
@@ -323,6 +404,8 @@ class StoreBackend:
 
         ``decide(existing)`` is called (inside the transaction) when an artifact holds the key:
         it returns the artifact to give back unchanged, or None to replace it (it may raise).
+        On local disk the artifact's fingerprint, taken from the staged payload by
+        :meth:`PayloadStorage.seal`, is the published payload's (a rename keeps it).
 
         Raises
         ------
@@ -333,42 +416,76 @@ class StoreBackend:
         assert index is not None
         key = artifact.key
         storage = self.storage
-        with self.transact(index) as (conn, changes):
-            conflict = index.conflicting_key(conn, key)
-            if conflict is not None:
-                raise OverlappingKeyError(
-                    f"cannot store key {key!r} in store {storage.url()!r}: it "
-                    + (
-                        f"lies inside the stored key {conflict!r}"
-                        if key.startswith(conflict + "/")
-                        else f"contains the stored key {conflict!r}"
-                    )
-                    + ". A key may not contain or lie inside another key; choose another key, "
-                    f"or delete {conflict!r} first"
-                )
-            artifact_id = index.insert_if_absent(conn, artifact)
-            while artifact_id is None:
-                found = index.fetch(conn, key, for_update=True)
-                if found is None:
-                    # PostgreSQL: a concurrent delete committed between our conflicting insert
-                    # and this read; the key is free again, insert once more.
-                    artifact_id = index.insert_if_absent(conn, artifact)
-                    continue
-                artifact_id, existing = found
-                kept = decide(existing)
-                if kept is not None:
-                    return kept
-                index.replace(conn, artifact_id, artifact)
+        with self.writing(key), self.transact(index) as (conn, changes):
+            self._overlap(index, conn, key)
+            artifact_id, kept = self._record_row(index, conn, artifact, decide)
+            if kept is not None:
+                return kept
             changes.add(storage.publish(staged, key), key)
             if not storage.is_local:
                 # object stores copy on move: fingerprint what now lies at the key
-                final = storage.stat(storage.path(key))
+                path = storage.path(key)
+                final = storage.stat(path)
+                recorded = join_fingerprint(final.fingerprint, storage.identity(path))
                 index.update_stat(
-                    conn, artifact_id, size_bytes=final.size_bytes, fingerprint=final.fingerprint
+                    conn, artifact_id, size_bytes=final.size_bytes, fingerprint=recorded
                 )
                 artifact = artifact.model_copy(
-                    update={"size_bytes": final.size_bytes, "fingerprint": final.fingerprint}
+                    update={"size_bytes": final.size_bytes, "fingerprint": recorded}
                 )
+        return artifact
+
+    def write_in_place(
+        self,
+        key: str,
+        produce: Callable[[str], Artifact],
+        decide: Callable[[Artifact], Artifact | None],
+    ) -> Artifact:
+        """Write a payload straight at its key (object stores: no staging copy), then its row.
+
+        The protocol, under the key's write lock (:meth:`writing`):
+
+        1. refuse a key that overlaps a stored key, before anything is written;
+        2. move whatever lies at the key (the row's payload, or a killed writer's leftover) to
+           the trash: its commit token goes first, so no reader trusts it half-moved;
+        3. ``produce(path)`` writes the payload at the key, seals it (its commit token last)
+           and returns the artifact to record;
+        4. one write transaction inserts or replaces the row (``decide`` as in :meth:`write`);
+        5. after COMMIT the old payload is purged from the trash. If anything failed, what was
+           written at the key goes and the old payload comes back.
+
+        A reader of the old row meanwhile finds no token, or another one, at the key: it waits
+        for this lock (:meth:`settle`), then reads the new row, or, if the writer was killed,
+        moves the old payload back from the trash. A killed writer of a new key leaves a
+        payload without a row: never read, and removed by ``gc`` as an orphan.
+
+        Raises
+        ------
+        OverlappingKeyError
+            If a stored key contains the key or lies inside it.
+        """
+        index = self.index(create=True)
+        assert index is not None
+        storage = self.storage
+        with self.writing(key):
+            with index.read() as conn:
+                self._overlap(index, conn, key)
+            displaced = storage.take(key)
+            try:
+                artifact = produce(storage.path(key))
+                with index.write() as conn:
+                    self._overlap(index, conn, key)
+                    _artifact_id, kept = self._record_row(index, conn, artifact, decide)
+                    if kept is not None:
+                        raise _Kept(kept)
+            except BaseException as error:
+                storage.purge(storage.take(key))
+                if displaced is not None:
+                    storage.restore(displaced, key)
+                if isinstance(error, _Kept):
+                    return error.artifact
+                raise
+            storage.purge(displaced)
         return artifact
 
     def delete(self, key: str) -> Artifact | None:
@@ -376,7 +493,7 @@ class StoreBackend:
         index = self.index()
         if index is None:
             return None
-        with self.transact(index) as (conn, changes):
+        with self.writing(key), self.transact(index) as (conn, changes):
             artifact = index.remove(conn, key)
             if artifact is None:
                 return None
@@ -406,7 +523,7 @@ class StoreBackend:
         index = self.index()
         if index is None:
             return None
-        with self.transact(index) as (conn, changes):
+        with self.writing(key), self.transact(index) as (conn, changes):
             found = index.fetch(conn, key, for_update=True)
             if found is None:
                 return None
@@ -434,29 +551,82 @@ class StoreBackend:
         return True
 
     # -- readers' side of the protocol -------------------------------------------------------------
-    def payload_matches(self, artifact: Artifact) -> bool:
-        """Whether the payload at the artifact's key is the one its row describes."""
-        if artifact.fingerprint is None:
+    def payload_matches(self, artifact: Artifact, *, repair: bool = False) -> bool:
+        """Whether the payload at the artifact's key is the one its row describes.
+
+        One ``lstat`` or one ``HEAD`` (:meth:`PayloadStorage.identity`) when the row records
+        an identity and it matches. Otherwise (a row written before identities were recorded,
+        a payload restored by a copy, a store copied elsewhere) the walk fingerprint decides;
+        with ``repair`` a matching payload's identity is then recorded in the row, so the next
+        read is O(1) again.
+        """
+        walk, identity = split_fingerprint(artifact.fingerprint)
+        if walk is None:
             return True
+        storage = self.storage
+        path = storage.path(artifact.key)
+        if identity is not None:
+            try:
+                if storage.identity(path, identity) == identity:
+                    return True
+            except (FileNotFoundError, NotADirectoryError):
+                return False
         try:
-            current = self.storage.stat(self.storage.path(artifact.key))
-        except FileNotFoundError:
+            current = storage.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
             return False
-        return current.fingerprint == artifact.fingerprint
+        if current.fingerprint != walk:
+            return False
+        if repair and not self.readonly:
+            self._record_identity(artifact, current)
+        return True
+
+    def _record_identity(self, artifact: Artifact, checked: PayloadStat) -> None:
+        """Record the identity of a payload whose walk fingerprint matches its row (best effort).
+
+        In one write transaction: the row must still be the one checked, and the payload must
+        keep one identity across a fresh walk that still matches.
+        """
+        index = self.index()
+        if index is None:
+            return
+        storage = self.storage
+        path = storage.path(artifact.key)
+        try:
+            with index.write() as conn:
+                found = index.fetch(conn, artifact.key, for_update=True)
+                if found is None or found[1] != artifact:
+                    return
+                before = storage.identity(path)
+                walk = storage.stat(path)
+                if walk.fingerprint != checked.fingerprint or storage.identity(path) != before:
+                    return
+                index.update_stat(
+                    conn,
+                    found[0],
+                    size_bytes=walk.size_bytes,
+                    fingerprint=join_fingerprint(walk.fingerprint, before),
+                )
+        except (OSError, sa_exc.OperationalError):
+            return  # a busy index or a vanished payload: the next read tries again
 
     def settle(self, key: str) -> None:
         """Wait out a writer publishing ``key``; put back a payload a killed writer moved away.
 
-        Runs in a write transaction, so it starts once a concurrent put or delete of the key has
-        committed or rolled back (or its process died). If the row still does not match the
-        payload at the key, a writer was killed between moving the old payload away and
-        committing: the payload the row describes is found by fingerprint in that writer's
-        staging directory or the trash and moved back.
+        Runs under the key's write lock (object stores) and in a write transaction, so it
+        starts once a concurrent put or delete of the key has committed or rolled back (or its
+        process died). If the row still does not match the payload at the key, a writer was
+        killed between moving the old payload away and committing: the payload the row
+        describes is found by its walk fingerprint in that writer's staging entry or the trash
+        and moved back.
         """
         index = self.index()
-        if self.readonly or index is None:
-            return  # a readonly store neither takes write locks nor repairs
-        with index.write() as conn:
+        if index is None:
+            return
+        if self.readonly:  # neither takes write locks nor repairs: only waits, if it can
+            self._wait_for_writer(key)
+            return
+        with self.writing(key), index.write() as conn:
             found = index.fetch(conn, key, for_update=True)
             if found is None:
                 return
@@ -466,6 +636,21 @@ class StoreBackend:
             displaced = self.storage.find_displaced(key, artifact.fingerprint)
             if displaced is not None:
                 self.storage.restore(displaced, key)
+
+    def _wait_for_writer(self, key: str) -> None:
+        if self.storage.is_local:
+            return
+        try:
+            with self.writing(key):
+                pass
+        except (OSError, LockTimeoutError, sa_exc.OperationalError):
+            return  # e.g. no permission to create the lock file: nothing to wait on
+
+    def displaced(self, artifact: Artifact) -> str | None:
+        """Where the payload of ``artifact`` lies, moved away from its key by a killed writer."""
+        if artifact.fingerprint is None or self.payload_matches(artifact):
+            return None
+        return self.storage.find_displaced(artifact.key, artifact.fingerprint)
 
     def describe(self) -> dict[str, Any]:
         """Where the store's parts are (for messages and ``repr``)."""

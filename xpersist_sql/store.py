@@ -59,6 +59,8 @@ __all__ = ["DATABASE_URL_ENV", "STORE_ENV", "CacheStore", "import_legacy"]
 TTL = timedelta | int | float | str
 Progress = _gc.Progress
 _MAX_SETTLE_ROUNDS = 20
+#: Library versions recorded with each artifact, by serializer (see ``CacheStore._versions``).
+_VERSIONS: dict[tuple[type, str], dict[str, str]] = {}
 _log = logging.getLogger("xpersist_sql")
 
 #: The longest ttl: about 1000 years (every expiry date then fits every index database).
@@ -333,11 +335,16 @@ class CacheStore:
         return self._storage.url(validate_key(key, store=self.path))
 
     def _versions(self, serializer: Serializer) -> dict[str, str]:
-        return {
-            "xpersist_sql": __version__,
-            "python": platform.python_version(),
-            **serializer.versions(),
-        }
+        # Looking distributions up costs milliseconds: once per serializer and process.
+        cache_key = (type(serializer), serializer.name)
+        found = _VERSIONS.get(cache_key)
+        if found is None:
+            found = _VERSIONS[cache_key] = {
+                "xpersist_sql": __version__,
+                "python": platform.python_version(),
+                **serializer.versions(),
+            }
+        return dict(found)
 
     # -- public API ------------------------------------------------------------------------------
     def put(
@@ -355,10 +362,12 @@ class CacheStore:
     ) -> Artifact:
         """Write ``value`` under ``key`` and record it in the index.
 
-        The payload is written to a staging directory inside the store, moved to
-        ``<path>/<key>`` and only then is its row committed, so readers never see a half-written
-        payload. What happens when ``key`` exists follows ``on_duplicate_key``, decided by the
-        database's unique key constraint.
+        On local disk the payload is written to a staging path inside the store and renamed to
+        ``<path>/<key>`` in the transaction that commits its row; on an object store it is
+        written at ``<path>/<key>`` under the key's write lock, sealed by a commit token, and
+        then its row is committed. Either way readers never see a half-written payload (see
+        the write protocol in the design notes). What happens when ``key`` exists follows
+        ``on_duplicate_key``, decided by the database's unique key constraint.
 
         Parameters
         ----------
@@ -425,13 +434,15 @@ class CacheStore:
                 return self._on_existing(key, existing, None, policy)
 
         now = datetime.now(timezone.utc)
-        staged = storage.staging_path(key)
-        try:
-            hints = self._dump(key, value, ser, staged, dump_kwargs)
-            stat = storage.stat(staged)
-            want_checksum = self.checksum if checksum is None else checksum
+        want_checksum = self.checksum if checksum is None else checksum
+        produced: list[Artifact] = []
+
+        def produce(path: str) -> Artifact:
+            """Write the payload at ``path``, seal it, and return the artifact describing it."""
+            hints = self._dump(key, value, ser, path, dump_kwargs)
+            stat = storage.seal(path)
             digest = (
-                storage.checksum(staged)
+                storage.checksum(path)
                 if want_checksum or policy is DuplicateKeyEnum.check_collision
                 else None
             )
@@ -444,19 +455,29 @@ class CacheStore:
                 created_at=now,
                 size_bytes=stat.size_bytes,
                 checksum=digest,
-                fingerprint=stat.fingerprint,
+                fingerprint=stat.recorded,
                 expires_at=now + delta if delta else None,
                 versions=self._versions(ser),
             )
+            produced.append(artifact)
+            return artifact
 
-            def decide(existing: Artifact) -> Artifact | None:
-                if policy is not DuplicateKeyEnum.overwrite and not existing.is_expired():
-                    return self._on_existing(key, existing, digest, policy)
-                return None
+        def decide(existing: Artifact) -> Artifact | None:
+            if policy is not DuplicateKeyEnum.overwrite and not existing.is_expired():
+                return self._on_existing(key, existing, produced[-1].checksum, policy)
+            return None
 
-            stored = self._backend.write(staged, artifact, decide)
-        finally:
-            storage.discard_staging(staged)
+        if storage.is_local or policy is DuplicateKeyEnum.check_collision:
+            # staged, then renamed into place (local disk), or copied there once its content
+            # was compared with the stored one (check_collision on an object store)
+            staged = storage.staging_path(key)
+            try:
+                stored = self._backend.write(staged, produce(staged), decide)
+            finally:
+                storage.discard_staging(staged)
+        else:
+            # object stores: written in place, under the key's write lock (see write_in_place)
+            stored = self._backend.write_in_place(key, produce, decide)
         if self._size_guard is not None and stored.created_at == now:  # written, not skipped
             self._size_guard.after_put(self._backend, stored)
         return stored
@@ -580,6 +601,7 @@ class CacheStore:
             The serializer could not read the payload (the message compares library versions).
         """
         key = validate_key(key, store=self.path)
+        storage, backend = self._storage, self._backend
         settled_for: Artifact | None = None  # the row last waited out / repaired
         rounds = 0
         while True:
@@ -589,29 +611,55 @@ class CacheStore:
             settled = artifact == settled_for or rounds >= _MAX_SETTLE_ROUNDS
             ser = get_serializer(serializer or artifact.serializer)
             ser.check_requirements()
-            self._storage.check_path(key)  # never read through a symlink
-            if self._storage.exists(key):
+            path = storage.check_path(key)  # never read through a symlink
+            # On local disk a missing payload is one lstat away; on an object store the load
+            # says so (an existence check would cost requests on every hit).
+            present = os.path.lexists(path) if storage.is_local else True
+            if present:
                 try:
                     value = self._load(artifact, ser, load_kwargs)
                 except PayloadLoadError:
-                    if settled:
-                        raise
+                    if storage.is_local or storage.exists(key):
+                        if settled:
+                            raise
+                    else:
+                        present = False
                 else:
                     record_loaded(value, self, artifact)  # inputs_hash: this value is the artifact
                     # The payload opened is the row's (not one a concurrent or killed writer
-                    # swapped in): its fingerprint still matches after the load.
-                    if settled or self._backend.payload_matches(artifact):
+                    # swapped in): its identity, one lstat or one HEAD, still matches after the
+                    # load.
+                    if backend.payload_matches(artifact, repair=not self.readonly):
                         return value
-            elif settled:
+                    if settled:
+                        self._check_not_displaced(artifact)
+                        return value  # changed behind the index's back: verify reports it
+            if not present and settled:
+                self._check_not_displaced(artifact)
                 raise PayloadMissingError(
                     f"key {key!r} is in the index of store {self.path!r} but its payload "
-                    f"{self._storage.url(key)} is gone (deleted behind the index's back?); "
+                    f"{storage.url(key)} is gone (deleted behind the index's back?); "
                     f"remove the row with store.delete({key!r}) or `xpersist-sql verify --repair`"
                     " and compute the value again"
                 )
-            self._backend.settle(key)
+            backend.settle(key)
             settled_for = artifact
             rounds += 1
+
+    def _check_not_displaced(self, artifact: Artifact) -> None:
+        """Raise if the row's payload lies where a killed writer moved it (readonly stores).
+
+        A writable store's ``get`` moves it back (``settle``); a readonly one cannot, and the
+        payload at the key is then the killed writer's, which is never served.
+        """
+        found = self._backend.displaced(artifact)
+        if found is not None:
+            raise PayloadMissingError(
+                f"the payload of key {artifact.key!r} in store {self.path!r} was moved to "
+                f"{found!r} by a writer killed while replacing it, and what lies at "
+                f"{self._storage.url(artifact.key)} (if anything) is not the stored value. A "
+                "read through a writable store (not readonly) moves it back"
+            )
 
     def _load(self, artifact: Artifact, ser: Serializer, load_kwargs: dict[str, Any] | None) -> Any:
         self._backend.record_access(artifact.key)  # batched, throttled (see db/access.py)

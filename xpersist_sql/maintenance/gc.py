@@ -28,7 +28,7 @@ from ..backend import StoreBackend
 from ..db.index import ArtifactIndex, key_prefixes
 from ..errors import InvalidKeyError, StoreNotFoundError
 from ..legacy import LEGACY_METADATA_DIR, LEGACY_SUFFIX
-from ..storage import HIDDEN_DIR, PayloadStorage, validate_key
+from ..storage import HIDDEN_DIR, PayloadStorage, split_fingerprint, validate_key
 from ..units import parse_duration
 
 __all__ = ["DEFAULT_GRACE", "GcItem", "GcReport", "Progress", "gc"]
@@ -286,6 +286,7 @@ def gc(
         report("orphan payloads", done, len(orphans))
 
     # 3. staging leftovers of crashed writers, 4. trash leftovers
+    walks = _Walks(index)
     for kind in ("staging", "trash"):
         entries = _internal_entries(storage, kind)
         for done, (relative, info) in enumerate(entries, 1):
@@ -293,7 +294,7 @@ def gc(
             tree = _tree(storage, path, info)
             if tree is not None and tree.newest is not None and tree.newest < cutoff:
                 item = GcItem(kind, relative, tree.size_bytes)
-                if _displaced_payload(index, storage, path, kind) is not None:
+                if _displaced_payload(walks, storage, path, kind) is not None:
                     # a killed writer moved a row's payload here: ``get`` puts it back
                     result.skipped.append(item)
                 elif dry_run:
@@ -309,28 +310,50 @@ def gc(
     return result
 
 
-def _displaced_payload(
-    index: ArtifactIndex, storage: PayloadStorage, path: str, kind: str
-) -> str | None:
+class _Walks:
+    """The store's rows by walk fingerprint, read once per gc run and only if needed."""
+
+    def __init__(self, index: ArtifactIndex) -> None:
+        self.index = index
+        self._keys: dict[str, list[str]] | None = None
+
+    def keys(self, walk: str) -> list[str]:
+        if self._keys is None:
+            self._keys = {}
+            last_id, _total = self.index.id_range()
+            after = -1
+            while last_id is not None and after < last_id:
+                rows = self.index.batch_after(after, last_id, 1000)
+                if not rows:
+                    break
+                after = rows[-1][0]
+                for _row_id, artifact in rows:
+                    recorded = split_fingerprint(artifact.fingerprint)[0]
+                    if recorded is not None:
+                        self._keys.setdefault(recorded, []).append(artifact.key)
+        return self._keys.get(walk, [])
+
+
+def _displaced_payload(walks: _Walks, storage: PayloadStorage, path: str, kind: str) -> str | None:
     """Return the key whose row describes the payload at ``path`` but not the one at its key.
 
-    That is a payload a writer killed mid-publish moved into its staging directory or the trash;
+    That is a payload a writer killed mid-publish moved into its staging entry or the trash;
     gc keeps it so that the next read of the key can put it back.
     """
     try:
         if kind == "staging":
-            inner = storage.fs.ls(path, detail=False)
-            if len(inner) != 1:
+            payload = storage.staged_payload(path)
+            if payload is None:
                 return None
-            path = inner[0].rstrip("/")
+            path = payload
         fingerprint = storage.stat(path).fingerprint
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
-    for key in index.keys_with_fingerprint(fingerprint):
+    for key in walks.keys(fingerprint):
         try:
             if storage.stat(storage.path(key)).fingerprint == fingerprint:
                 continue
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             pass
         return str(key)
     return None

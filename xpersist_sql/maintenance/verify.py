@@ -2,6 +2,10 @@
 
 Rows whose key is not a valid key are reported (``invalid key``) and never read or acted on.
 
+Every payload is walked (all its files are listed): the walk fingerprint recorded at put time
+is what ``verify`` compares, and it sees edits deep inside a directory payload (a chunk
+rewritten in place) that the O(1) identity a ``get`` checks cannot see.
+
 ``refingerprint=True`` re-records the fingerprint (sizes, modification times or ETags) of
 payloads whose files were rewritten by a legitimate copy (``cp -r``, ``rsync`` without
 ``--times``, a restore from backup): where a sha256 checksum was recorded, only if the content
@@ -17,7 +21,7 @@ from ..backend import StoreBackend
 from ..db.index import ArtifactIndex
 from ..errors import InvalidKeyError
 from ..models import Artifact
-from ..storage import PayloadStat, PayloadStorage
+from ..storage import PayloadStat, PayloadStorage, split_fingerprint
 
 __all__ = ["VerifyProblem", "VerifyReport", "repair_missing", "verify"]
 
@@ -127,7 +131,8 @@ def _check_row(storage: PayloadStorage, artifact: Artifact, checksums: bool) -> 
         stat = storage.stat(path)
     except FileNotFoundError:
         return missing
-    fingerprint_ok = artifact.fingerprint is None or stat.fingerprint == artifact.fingerprint
+    walk = split_fingerprint(artifact.fingerprint)[0]
+    fingerprint_ok = walk is None or stat.fingerprint == walk
     stale = None if fingerprint_ok else stat
     if artifact.checksum and (checksums or not fingerprint_ok):
         digest = storage.checksum(path)
@@ -136,8 +141,7 @@ def _check_row(storage: PayloadStorage, artifact: Artifact, checksums: bool) -> 
             return _Checked(VerifyProblem(key, "corrupt", detail))
         return _Checked(stale=stale)  # same content: a stale fingerprint is not a problem
     if stale is not None:
-        assert artifact.fingerprint is not None
-        detail = _describe_change(artifact.fingerprint, stale.fingerprint)
+        detail = _describe_change(walk or "", stale.fingerprint)
         return _Checked(VerifyProblem(key, "modified", detail), stale)
     return _Checked()
 
@@ -164,13 +168,16 @@ def _refingerprint(
             artifact.checksum,
         ):
             return False
+        path = storage.path(key)
         try:
-            now = storage.stat(storage.path(key))
+            identity = storage.identity(path)
+            now = storage.stat(path)
         except FileNotFoundError:
             return False
-        if now != checked:
+        if (now.size_bytes, now.fingerprint) != (checked.size_bytes, checked.fingerprint):
             return False
-        index.update_stat(conn, row_id, size_bytes=now.size_bytes, fingerprint=now.fingerprint)
+        recorded = PayloadStat(now.size_bytes, now.fingerprint, identity).recorded
+        index.update_stat(conn, row_id, size_bytes=now.size_bytes, fingerprint=recorded)
     return True
 
 
