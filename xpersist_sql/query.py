@@ -16,6 +16,7 @@ from datetime import date, datetime, time, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from .models import Artifact
+from .parameters import parameter_index_text, parameter_value
 from .units import parse_duration
 
 if TYPE_CHECKING:
@@ -69,6 +70,9 @@ class ArtifactQuery:
     metadata : tuple of (str, value) pairs
         ``additional_metadata[name] == value`` for each pair (JSON type-strict: ``1`` does not
         match ``true``, ``1`` matches ``1.0``).
+    parameters : tuple of (str, str) pairs
+        ``(name, canonical JSON of the value)``: the recorded parameter value ``name`` equals
+        the value (see :mod:`xpersist_sql.parameters`).
     since, until : datetime or None
         Aware UTC bounds of ``created_at``: ``since`` inclusive, ``until`` exclusive.
     limit : int or None
@@ -89,6 +93,7 @@ class ArtifactQuery:
     serializer: str | None = None
     tags: tuple[str, ...] = ()
     metadata: tuple[tuple[str, MetadataValue], ...] = ()
+    parameters: tuple[tuple[str, str], ...] = ()
     since: datetime | None = None
     until: datetime | None = None
     limit: int | None = None
@@ -215,6 +220,23 @@ def _metadata(value: Any) -> tuple[tuple[str, MetadataValue], ...]:
     return tuple(pairs)
 
 
+def _parameters(value: Any) -> tuple[tuple[str, str], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, Mapping):
+        raise TypeError(
+            "parameters must be a dict of parameter name to value, got "
+            f"{type(value).__name__} {value!r}"
+        )
+    pairs: list[tuple[str, str]] = []
+    for name, item in value.items():
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"parameter names must be non-empty str, got {name!r}")
+        # recorded as parameter_record records it (a large value by its hash): compared so
+        pairs.append((name, parameter_index_text(parameter_value(item, name))))
+    return tuple(pairs)
+
+
 def parse_query(
     *,
     key: str | None = None,
@@ -231,6 +253,7 @@ def parse_query(
     order: str = "newest",
     include_expired: bool = False,
     now: datetime | None = None,
+    parameters: Mapping[str, Any] | None = None,
 ) -> ArtifactQuery:
     """Validate the filters of a query.
 
@@ -289,6 +312,7 @@ def parse_query(
         serializer=texts["serializer"],
         tags=_tags(tags),
         metadata=_metadata(metadata),
+        parameters=_parameters(parameters),
         since=start,
         until=end,
         limit=limit,

@@ -18,6 +18,8 @@ from ._version import __version__
 from .backend import StoreBackend
 from .db.engine import DATABASE_URL_ENV, check_database_url, redact_options, redact_url
 from .db.index import ArtifactIndex
+from .db.lineage import LineageWalk, all_edges, artifacts_by_id
+from .db.lineage import walk as lineage_walk
 from .db.locks import KeyLock, key_lock
 from .db.schema import INDEX_FILENAME
 from .errors import (
@@ -32,12 +34,13 @@ from .errors import (
     XpersistSQLError,
 )
 from .legacy import LegacyImportReport, import_legacy_into
+from .lineage import DERIVED_FROM, DIRECTIONS, GRAPH_FORMATS, parent_record, to_graph
 from .maintenance import evict as _evict
 from .maintenance import gc as _gc
 from .maintenance import verify as _verify
 from .metadata import INT64_MAX, check_json_value, json_metadata
 from .models import Artifact, DuplicateKeyEnum
-from .provenance import record_loaded
+from .provenance import ArtifactIdentity, record_loaded
 from .query import (
     ArtifactQuery,
     MetadataValue,
@@ -359,6 +362,7 @@ class CacheStore:
         *,
         on_duplicate_key: DuplicateKeyEnum | str | None = None,
         checksum: bool | None = None,
+        derived_from: Iterable[str | Artifact | ArtifactIdentity] | None = None,
     ) -> Artifact:
         """Write ``value`` under ``key`` and record it in the index.
 
@@ -389,6 +393,12 @@ class CacheStore:
             The policy for this call (default: the store's ``on_duplicate_key``).
         checksum : bool, optional
             Compute a sha256 of the payload (default: the store's ``checksum``).
+        derived_from : iterable, optional
+            The stored artifacts ``value`` was computed from (lineage): keys of this store,
+            :class:`Artifact` rows of this store, or
+            :class:`~xpersist_sql.provenance.ArtifactIdentity` (of any store). Recorded with
+            the version each was read as in ``additional_metadata["derived_from"]``, and as
+            edges in the index in the same transaction as the row (see :meth:`lineage`).
 
         Returns
         -------
@@ -420,6 +430,8 @@ class CacheStore:
         )
         # everything recorded must read back as it is: checked before any work is done
         metadata = json_metadata(additional_metadata, "additional_metadata", where)
+        if derived_from is not None:
+            metadata = self._with_parents(metadata, derived_from, where)
         recorded_load = json_metadata(load_kwargs, "load_kwargs", where)
         recorded_dump = json_metadata(dump_kwargs, "dump_kwargs", where)
         storage = self._storage
@@ -742,6 +754,7 @@ class CacheStore:
         limit: int | None = None,
         order: str = "newest",
         include_expired: bool = False,
+        parameters: Mapping[str, Any] | None = None,
     ) -> list[Artifact]:
         """Find artifacts by what produced them, when, and how; answered by the index.
 
@@ -760,6 +773,13 @@ class CacheStore:
             The artifact has all of these tags (its ``task_tags``/``tags`` metadata).
         metadata : dict, optional
             ``additional_metadata[name] == value`` for every item; values are JSON scalars.
+        parameters : dict, optional
+            The recorded parameter value ``name`` (``additional_metadata["parameter_values"]``,
+            filled by the Prefect integration) equals ``value``, for every item. Values are
+            compared as JSON values, numbers as numbers: ``2`` matches a recorded ``2`` or
+            ``2.0`` but not ``"2"`` nor ``True``; lists item by item, dicts whatever their key
+            order. A value recorded by its hash (larger than the cap, or not JSON) is matched
+            by giving the value itself (see :mod:`xpersist_sql.parameters`).
         since, until : datetime, date, str or timedelta, optional
             ``since <= created_at < until``. A datetime (naive means UTC), a date, an ISO-8601
             string, or a timedelta / duration string (``"7d"``, ``"12h"``) meaning that long ago.
@@ -795,6 +815,7 @@ class CacheStore:
                 "serializer": serializer,
                 "tags": tags,
                 "metadata": metadata,
+                "parameters": parameters,
                 "since": since,
                 "until": until,
                 "limit": limit,
@@ -818,7 +839,7 @@ class CacheStore:
         """
         return artifacts_to_frame(self.query(**filters))
 
-    def delete(self, key: str, dry_run: bool = False) -> Artifact:
+    def delete(self, key: str, dry_run: bool = False, *, downstream: bool = False) -> Artifact:
         """Remove the artifact's row, then its payload.
 
         Parameters
@@ -827,12 +848,17 @@ class CacheStore:
             The key to delete.
         dry_run : bool
             Only return what would be deleted.
+        downstream : bool
+            Also remove everything derived from ``key``, transitively (see
+            :meth:`delete_downstream`, which returns the whole list).
 
         Returns
         -------
         Artifact
-            The deleted (or, with ``dry_run``, the would-be deleted) artifact.
+            The deleted (or, with ``dry_run``, the would-be deleted) artifact of ``key``.
         """
+        if downstream:
+            return self.delete_downstream(key, dry_run=dry_run)[0]
         key = validate_key(key, store=self.path)
         if dry_run:
             rows = self._rows()
@@ -845,6 +871,212 @@ class CacheStore:
         if artifact is None:
             raise self._not_found(key)
         return artifact
+
+    # -- lineage -----------------------------------------------------------------------------------
+    def _with_parents(
+        self,
+        metadata: dict[str, Any],
+        parents: Iterable[str | Artifact | ArtifactIdentity],
+        where: str,
+    ) -> dict[str, Any]:
+        """Return ``metadata`` with the ``derived_from`` records of ``parents`` (checked)."""
+        if isinstance(parents, (str, Artifact, ArtifactIdentity)):
+            parents = [parents]
+        if DERIVED_FROM in metadata:
+            raise ValueError(
+                f"{where}give the parents either as derived_from= or as "
+                f"additional_metadata[{DERIVED_FROM!r}], not both"
+            )
+        rows = self._rows()
+        marker = self._backend.marker() if rows is not None else None
+        uid = None if marker is None else marker.store_id
+        records: list[dict[str, Any]] = []
+        for parent in parents:
+            if isinstance(parent, ArtifactIdentity):
+                if parent.store_id == uid:
+                    self.get_artifact(parent.key)  # of this store: it must be stored
+                identity = parent
+            elif isinstance(parent, (str, Artifact)):
+                stored = self.get_artifact(parent if isinstance(parent, str) else parent.key)
+                found = stored if isinstance(parent, str) else parent
+                assert uid is not None  # get_artifact found it: the path is a store
+                identity = ArtifactIdentity(
+                    store_id=uid,
+                    key=found.key,
+                    created_at=found.created_at.isoformat(),
+                    fingerprint=found.fingerprint,
+                    checksum=found.checksum,
+                )
+            else:
+                raise TypeError(
+                    f"{where}derived_from takes keys (str), Artifact or ArtifactIdentity, got "
+                    f"{type(parent).__name__} {parent!r}"
+                )
+            record = parent_record(identity)
+            if record not in records:
+                records.append(record)
+        return {**metadata, DERIVED_FROM: records} if records else metadata
+
+    def _lineage_walk(
+        self, key: str, direction: str, depth: int | None, *, expired: bool
+    ) -> tuple[int, Artifact, LineageWalk, dict[int, Artifact]]:
+        """Walk the lineage of ``key``: its row id and artifact, the walk, the artifacts reached."""
+        if direction not in DIRECTIONS:
+            raise ValueError(
+                f"direction must be one of {', '.join(map(repr, DIRECTIONS))}, got {direction!r}"
+            )
+        if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int)):
+            raise TypeError(f"depth must be an int or None, got {type(depth).__name__} {depth!r}")
+        if depth is not None and depth < 1:
+            raise ValueError(f"depth must be >= 1 (or None for the whole lineage), got {depth}")
+        key = validate_key(key, store=self.path)
+        rows = self._rows()
+        if rows is None:
+            raise self._not_found(key)
+        with rows.read() as conn:
+            found = rows.fetch(conn, key)
+            if found is None or (not expired and found[1].is_expired()):
+                raise self._not_found(key, None if found is None else found[1])
+            walked = lineage_walk(conn, rows.store_id, (found[0], key), direction, depth)
+            reached = artifacts_by_id(conn, rows.store_id, [ident for _, ident, _ in walked.nodes])
+        return found[0], found[1], walked, reached
+
+    def lineage(
+        self, key: str, direction: str = "upstream", depth: int | None = None
+    ) -> list[Artifact]:
+        """Return the artifacts ``key`` was computed from, or that were computed from it.
+
+        Follows the parents recorded by ``put(..., derived_from=...)`` (the Prefect integration
+        records a task's inputs loaded from the store). Only this store's artifacts are
+        returned: a parent recorded in another store, or deleted since, is left out (its record
+        stays in the child's ``additional_metadata["derived_from"]``). A parent overwritten
+        since is returned as it is now; compare its ``created_at`` with the child's record
+        (:func:`xpersist_sql.lineage.parents_of`) to tell.
+
+        Parameters
+        ----------
+        key : str
+            The artifact whose lineage to follow.
+        direction : {"upstream", "downstream"}
+            ``"upstream"``: what it was computed from; ``"downstream"``: what was derived from
+            it.
+        depth : int, optional
+            ``1``: direct parents (children) only; ``None`` (default): all of them,
+            transitively.
+
+        Returns
+        -------
+        list of Artifact
+            Breadth first (nearest first), then by key; each artifact once (cycles end), the
+            artifact of ``key`` itself excluded, expired artifacts left out (but followed).
+
+        Raises
+        ------
+        ArtifactNotFoundError
+            If no unexpired artifact has that key.
+        ValueError
+            For a direction other than ``"upstream"`` and ``"downstream"``, or a depth < 1.
+
+        Examples
+        --------
+        >>> store.put("raw.json", [1, 2], serializer="json")  # doctest: +SKIP
+        >>> store.put("sum.json", 3, serializer="json", derived_from=["raw.json"])  # doctest: +SKIP
+        >>> [a.key for a in store.lineage("sum.json")]  # doctest: +SKIP
+        ['raw.json']
+        """
+        _, _, walked, reached = self._lineage_walk(key, direction, depth, expired=False)
+        now = datetime.now(timezone.utc)
+        return [
+            reached[ident]
+            for _, ident, _ in walked.nodes
+            if ident in reached and not reached[ident].is_expired(now)
+        ]
+
+    def delete_downstream(self, key: str, dry_run: bool = False) -> list[Artifact]:
+        """Remove ``key`` and everything derived from it, transitively.
+
+        What would be removed is listed first (as ``lineage(key, "downstream")`` walks it,
+        expired artifacts included); each artifact is then removed by the guarded path that
+        ``gc`` uses, deepest first, and only if its row is still the one listed (an artifact
+        recomputed meanwhile stays). Interrupted, a second run removes the rest.
+
+        Parameters
+        ----------
+        key : str
+            The artifact to remove with its descendants.
+        dry_run : bool
+            Only list what would be removed; nothing is.
+
+        Returns
+        -------
+        list of Artifact
+            The artifact of ``key`` first, then its descendants breadth first (then by key):
+            the ones removed, or with ``dry_run`` the ones that would be.
+
+        Raises
+        ------
+        ArtifactNotFoundError
+            If nothing is stored under ``key``.
+        ReadonlyStoreError
+            If the store is readonly and ``dry_run`` is False.
+        """
+        key = validate_key(key, store=self.path)
+        if not dry_run:
+            self._check_writable("delete", key)
+        root_id, root, walked, reached = self._lineage_walk(key, "downstream", None, expired=True)
+        planned = [(root_id, root)] + [
+            (ident, reached[ident]) for _, ident, _ in walked.nodes if ident in reached
+        ]
+        if dry_run:
+            return [artifact for _, artifact in planned]
+        removed: dict[int, Artifact] = {}
+        for ident, artifact in reversed(planned):
+            gone = self._backend.remove_if(artifact.key, ident, artifact.created_at)
+            if gone is not None:
+                removed[ident] = gone
+        return [removed[ident] for ident, _ in planned if ident in removed]
+
+    def lineage_graph(
+        self, keys: str | Iterable[str] | None = None, format: str = "mermaid"
+    ) -> str:
+        """Return a lineage graph as Mermaid or DOT text, deterministic (for docs).
+
+        Parameters
+        ----------
+        keys : str or iterable of str, optional
+            Draw these artifacts with everything upstream and downstream of them; ``None``
+            (default): every edge between this store's artifacts (and the artifacts on them).
+        format : {"mermaid", "dot"}
+            A Mermaid ``flowchart TD`` or a Graphviz ``digraph``; edges go from parent to
+            child.
+
+        Returns
+        -------
+        str
+
+        Raises
+        ------
+        ArtifactNotFoundError
+            A key that is not stored.
+        ValueError
+            An unknown format.
+        """
+        if format not in GRAPH_FORMATS:
+            to_graph([], [], format)  # raises, naming the formats
+        nodes: set[str] = set()
+        edges: set[tuple[str, str]] = set()
+        if keys is None:
+            rows = self._rows()
+            if rows is not None:
+                with rows.read() as conn:
+                    edges = all_edges(conn, rows.store_id)
+        else:
+            for key in [keys] if isinstance(keys, str) else keys:
+                nodes.add(validate_key(key, store=self.path))
+                for direction in DIRECTIONS:
+                    walked = self._lineage_walk(key, direction, None, expired=True)[2]
+                    edges |= walked.edges
+        return to_graph(nodes, edges, format)
 
     def summarize(self, by: str, **filters: Any) -> list[SummaryRow]:
         """Count the artifacts matching ``filters`` and add up their sizes, per value of ``by``.

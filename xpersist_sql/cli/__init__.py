@@ -11,8 +11,9 @@ sidecars, ``rm`` declined at its prompt); 2 usage or runtime error (one line on 
 command has ``--json``, whose stdout is one JSON document with stable keys (docs/queries.md).
 
 The package is plain commands: :mod:`._app` holds the typer apps, :mod:`._common` the shared
-options and helpers, and each command module (:mod:`.query`, :mod:`.rm`, :mod:`.maintenance`,
-:mod:`.db`) imports only those two and the public API; importing them here registers them.
+options and helpers, and each command module (:mod:`.query`, :mod:`.rm`, :mod:`.lineage`,
+:mod:`.maintenance`, :mod:`.db`) imports only those two and the public API; importing them here
+registers them.
 """
 
 from __future__ import annotations
@@ -25,12 +26,12 @@ from ._common import EXIT_ERROR
 
 # isort: off
 # importing a command module registers its commands, in this order in --help
-from . import query, rm, maintenance, db
+from . import query, rm, lineage, maintenance, db
 # isort: on
 
 __all__ = ["app", "main"]
 
-_COMMANDS = (query, rm, maintenance, db)
+_COMMANDS = (query, rm, lineage, maintenance, db)
 
 
 def main() -> None:

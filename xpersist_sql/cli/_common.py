@@ -165,6 +165,17 @@ class QueryFilters:
             show_default=False,
         ),
     ] = None
+    param: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--param",
+            metavar="NAME=VALUE",
+            help="NAME=VALUE equality on a recorded parameter value (VALUE read as JSON if it "
+            "is JSON, such as 2, true, null, [1,2] or quoted text, else as text; numbers "
+            "compare as numbers; repeat for several).",
+            show_default=False,
+        ),
+    ] = None
     since: Annotated[
         str | None,
         typer.Option(
@@ -184,8 +195,8 @@ class QueryFilters:
         """Return the keyword filters of ``CacheStore.query`` (and ``summarize``).
 
         ``--since``/``--until`` are read here (against one "now"), ``--meta`` values as JSON
-        numbers, booleans or null when they are one, so that a bad value is reported in the
-        command line's words.
+        numbers, booleans or null when they are one, ``--param`` values as JSON when they are
+        JSON (else as text), so that a bad value is reported in the command line's words.
 
         Raises
         ------
@@ -211,6 +222,7 @@ class QueryFilters:
             "serializer": self.serializer,
             "tags": self.tag or None,
             "metadata": _meta(self.meta),
+            "parameters": _params(self.param),
             "since": since,
             "until": until,
             "include_expired": self.include_expired,
@@ -326,6 +338,22 @@ def _meta(pairs: list[str] | None) -> dict[str, str | int | float | bool | None]
                     f"--meta '{name}=\"{text}\"')"
                 )
         result[name] = value if value is None or isinstance(value, (int, float, bool)) else text
+    return result
+
+
+def _params(pairs: list[str] | None) -> dict[str, Any] | None:
+    """Read ``--param NAME=VALUE`` options: VALUE as JSON, else as text."""
+    if not pairs:
+        return None
+    result: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep or not name:
+            raise ValueError(f"--param {pair!r} is not NAME=VALUE")
+        try:
+            result[name] = json.loads(text, parse_constant=_refuse_constant)
+        except ValueError:
+            result[name] = text
     return result
 
 

@@ -32,7 +32,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
+from ..lineage import parents_of
 from ..models import Artifact
+from ..parameters import PARAMETER_VALUES, parameter_index_text
 from ..query import ArtifactQuery, SummaryRow
 from .engine import WRITE_OPTION, sqlite_readers
 from .queries import (
@@ -43,9 +45,28 @@ from .queries import (
     compile_query,
     summarize,
 )
-from .tables import ARTIFACTS, INDEXED_TEXT_LENGTHS, TAG_LENGTH, TAGS, index_text
+from .tables import (
+    ARTIFACTS,
+    EDGES,
+    INDEXED_TEXT_LENGTHS,
+    PARAMETER_NAME_LENGTH,
+    PARAMETER_VALUE_LENGTH,
+    PARAMETERS,
+    STORE_UID_LENGTH,
+    TAG_LENGTH,
+    TAGS,
+    index_text,
+)
 
-__all__ = ["ArtifactIndex", "key_prefixes", "promoted_columns", "row_to_artifact", "tags_of"]
+__all__ = [
+    "ArtifactIndex",
+    "edges_of",
+    "key_prefixes",
+    "parameters_of",
+    "promoted_columns",
+    "row_to_artifact",
+    "tags_of",
+]
 
 TAG_FIELDS = ("task_tags", "tags")
 
@@ -67,6 +88,49 @@ def tags_of(metadata: Mapping[str, Any]) -> set[str]:
         if isinstance(value, (list, tuple, set, frozenset)):
             tags.update(index_text(str(tag), TAG_LENGTH) for tag in value)
     return tags
+
+
+def parameters_of(metadata: Mapping[str, Any]) -> dict[str, str]:
+    """Index entries of an artifact's parameter values: name -> canonical JSON of the value.
+
+    Both shortened to their columns as :func:`~xpersist_sql.db.tables.index_text` does; read
+    from ``additional_metadata["parameter_values"]`` (a dict, else nothing).
+    """
+    values = metadata.get(PARAMETER_VALUES)
+    if not isinstance(values, Mapping):
+        return {}
+    return {
+        index_text(str(name), PARAMETER_NAME_LENGTH): index_text(
+            parameter_index_text(value), PARAMETER_VALUE_LENGTH
+        )
+        for name, value in values.items()
+    }
+
+
+def _parse_time(text: str) -> datetime | None:
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
+
+
+def edges_of(metadata: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Edge rows (without ``artifact_id``) of an artifact's ``derived_from`` parents."""
+    edges: dict[tuple[str, str], dict[str, Any]] = {}
+    for parent in parents_of(metadata):
+        store = index_text(parent.store_id, STORE_UID_LENGTH)
+        edges.setdefault(
+            (store, parent.key),
+            {
+                "parent_store": store,
+                "parent_key": parent.key,
+                "parent_created_at": _parse_time(parent.created_at),
+                "parent_fingerprint": parent.fingerprint,
+                "parent_checksum": parent.checksum,
+            },
+        )
+    return list(edges.values())
 
 
 def _now() -> datetime:
@@ -409,7 +473,7 @@ class ArtifactIndex:
             .where(self._mine, ARTIFACTS.c.id == artifact_id)
             .values(self._values(artifact))
         )
-        conn.execute(delete(TAGS).where(TAGS.c.artifact_id == artifact_id))
+        self._clear_children(conn, artifact_id)
         self._set_tags(conn, artifact_id, artifact)
 
     def update_stat(
@@ -423,15 +487,40 @@ class ArtifactIndex:
         )
 
     def _set_tags(self, conn: Connection, artifact_id: int, artifact: Artifact) -> None:
-        tags = tags_of(artifact.additional_metadata)
+        """Record the rows the artifact's metadata indexes: tags, parameter values, parents."""
+        metadata = artifact.additional_metadata
+        created_at = artifact.created_at
+        tags = tags_of(metadata)
         if tags:
             conn.execute(
                 insert(TAGS),
                 [
-                    {"artifact_id": artifact_id, "tag": tag, "created_at": artifact.created_at}
+                    {"artifact_id": artifact_id, "tag": tag, "created_at": created_at}
                     for tag in sorted(tags)
                 ],
             )
+        parameters = parameters_of(metadata)
+        if parameters:
+            conn.execute(
+                insert(PARAMETERS),
+                [
+                    {
+                        "artifact_id": artifact_id,
+                        "name": name,
+                        "value": value,
+                        "created_at": created_at,
+                    }
+                    for name, value in sorted(parameters.items())
+                ],
+            )
+        edges = edges_of(metadata)
+        if edges:
+            conn.execute(insert(EDGES), [{"artifact_id": artifact_id, **edge} for edge in edges])
+
+    def _clear_children(self, conn: Connection, artifact_id: int) -> None:
+        """Delete the tags, parameter values and parents recorded for the row ``artifact_id``."""
+        for table in (TAGS, PARAMETERS, EDGES):
+            conn.execute(delete(table).where(table.c.artifact_id == artifact_id))
 
     def remove(self, conn: Connection, key: str) -> Artifact | None:
         """Delete the row of ``key`` (its tags go with it); return what was deleted."""
@@ -442,6 +531,10 @@ class ArtifactIndex:
         return found[1]
 
     def remove_id(self, conn: Connection, artifact_id: int) -> None:
-        """Delete the row ``artifact_id`` of this store and its tags."""
-        conn.execute(delete(TAGS).where(TAGS.c.artifact_id == artifact_id))
+        """Delete the row ``artifact_id`` of this store, its tags, parameter values and parents.
+
+        (What was derived from it keeps its edges, which name this row's key and version: a
+        parent deleted or overwritten since is detectable.)
+        """
+        self._clear_children(conn, artifact_id)
         conn.execute(delete(ARTIFACTS).where(self._mine, ARTIFACTS.c.id == artifact_id))

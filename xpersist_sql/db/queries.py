@@ -15,6 +15,9 @@
 - a ``key`` without wildcards is an equality on the unique ``(store_id, key)`` index; a glob with
   a literal prefix is a range of that index (``GLOB`` on SQLite, ``LIKE`` on the byte-ordered
   key column on PostgreSQL);
+- parameter values (``parameters``) start from the parameters table when there are no tags:
+  its ``(name, value, created_at, artifact_id)`` index lists the artifacts with the first
+  value newest first (further values, or values after tags, are primary-key lookups);
 - ``metadata`` is JSONB containment (``@>``) on PostgreSQL and ``json_extract`` on SQLite.
 
 Statements are built once per query shape (which filters are present) with bound parameters,
@@ -53,7 +56,17 @@ from sqlalchemy.dialects.postgresql import JSONB
 
 from ..models import Artifact
 from ..query import SUMMARY_FIELDS, TEXT_FILTERS, ArtifactQuery, MetadataValue, SummaryRow
-from .tables import ARTIFACTS, INDEXED_TEXT_LENGTHS, TAG_LENGTH, TAGS, UTCDateTime, index_text
+from .tables import (
+    ARTIFACTS,
+    INDEXED_TEXT_LENGTHS,
+    PARAMETER_NAME_LENGTH,
+    PARAMETER_VALUE_LENGTH,
+    PARAMETERS,
+    TAG_LENGTH,
+    TAGS,
+    UTCDateTime,
+    index_text,
+)
 
 try:  # a dependency of prefect, so often present; 3x faster than json on small documents
     from orjson import loads as _json_loads
@@ -155,6 +168,7 @@ def _statement(
     key_kind: str | None,
     texts: tuple[str, ...],
     n_tags: int,
+    n_parameters: int,
     metadata_kinds: tuple[str, ...],
     since: bool,
     until: bool,
@@ -195,6 +209,24 @@ def _statement(
                 )
             )
         created_at, ident = driver.c.created_at, driver.c.artifact_id
+    first_lookup = 0
+    if n_parameters and not n_tags:
+        # no tags: the first parameter value drives, in created_at order (as the first tag does)
+        first = PARAMETERS.alias("first_parameter")
+        stmt = stmt.select_from(first.join(ARTIFACTS, columns.id == first.c.artifact_id))
+        conditions.append(first.c.name == bindparam("parameter_name_0"))
+        conditions.append(first.c.value == bindparam("parameter_value_0"))
+        created_at, ident = first.c.created_at, first.c.artifact_id
+        first_lookup = 1
+    for i in range(first_lookup, n_parameters):
+        other = PARAMETERS.alias(f"parameter_{i}")
+        conditions.append(
+            exists().where(
+                other.c.artifact_id == columns.id,
+                other.c.name == bindparam(f"parameter_name_{i}"),
+                other.c.value == bindparam(f"parameter_value_{i}"),
+            )
+        )
     if since:
         conditions.append(created_at >= bindparam("since", type_=UTCDateTime()))
     if until:
@@ -257,6 +289,9 @@ def _shape(query: ArtifactQuery, dialect: str, store_id: int) -> tuple[Any, dict
         for name in texts
     )
     params.update((f"tag_{i}", index_text(tag, TAG_LENGTH)) for i, tag in enumerate(query.tags))
+    for i, (parameter, text) in enumerate(query.parameters):
+        params[f"parameter_name_{i}"] = index_text(parameter, PARAMETER_NAME_LENGTH)
+        params[f"parameter_value_{i}"] = index_text(text, PARAMETER_VALUE_LENGTH)
     kinds = tuple(_value_kind(value) for _, value in query.metadata)
     if query.metadata:
         if dialect == "postgresql":
@@ -278,6 +313,7 @@ def _shape(query: ArtifactQuery, dialect: str, store_id: int) -> tuple[Any, dict
         key_kind,
         texts,
         len(query.tags),
+        len(query.parameters),
         kinds,
         query.since is not None,
         query.until is not None,

@@ -29,9 +29,14 @@ from sqlalchemy.dialects.postgresql import JSONB
 
 __all__ = [
     "ARTIFACTS",
+    "EDGES",
     "INDEXED_TEXT_LENGTHS",
     "METADATA",
+    "PARAMETERS",
+    "PARAMETER_NAME_LENGTH",
+    "PARAMETER_VALUE_LENGTH",
     "STORES",
+    "STORE_UID_LENGTH",
     "TAGS",
     "TAG_LENGTH",
     "JSONType",
@@ -146,12 +151,61 @@ TAGS = Table(
     Index(None, "tag", "created_at", "artifact_id"),
 )
 
+PARAMETERS = Table(
+    "xpersist_artifact_parameters",
+    METADATA,
+    # revision 0005: the parameter values of additional_metadata["parameter_values"], indexed
+    Column(
+        "artifact_id",
+        IdType,
+        ForeignKey(ARTIFACTS.c.id, ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("name", String(128), primary_key=True),
+    # the canonical JSON of the value (xpersist_sql.parameters.parameter_index_text)
+    Column("value", String(256), nullable=False),
+    # a copy of the artifact's created_at: "newest N with member=2" walks this index and stops
+    Column("created_at", UTCDateTime(), nullable=False),
+    # (named: the conventional name is longer than PostgreSQL's 63 characters)
+    Index(
+        "ix_xpersist_artifact_parameters_name_value_created_at",
+        "name",
+        "value",
+        "created_at",
+        "artifact_id",
+    ),
+)
+
+EDGES = Table(
+    "xpersist_artifact_edges",
+    METADATA,
+    # revision 0005: lineage. The child is a row (its edges go with it); the parent is recorded
+    # by store id (the uid in its marker), key and the version it was read as, so that a parent
+    # overwritten or deleted since is detectable and a parent in another store can be recorded.
+    Column(
+        "artifact_id",
+        IdType,
+        ForeignKey(ARTIFACTS.c.id, ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("parent_store", String(64), primary_key=True),
+    Column("parent_key", KeyType, primary_key=True),
+    Column("parent_created_at", UTCDateTime(), nullable=True),
+    Column("parent_fingerprint", String(256), nullable=True),
+    Column("parent_checksum", String(128), nullable=True),
+    # downstream: (parent store, parent key) -> children; upstream is the primary key
+    Index(None, "parent_store", "parent_key", "artifact_id"),
+)
+
 #: Lengths of the indexed text columns filled from ``additional_metadata``, and of a tag.
 INDEXED_TEXT_LENGTHS: dict[str, int] = {
     name: int(ARTIFACTS.c[name].type.length)  # type: ignore[attr-defined]
     for name in ("flow_name", "task_name", "flow_run_id", "task_run_id")
 }
 TAG_LENGTH: int = int(TAGS.c.tag.type.length)  # type: ignore[attr-defined]
+PARAMETER_NAME_LENGTH: int = int(PARAMETERS.c.name.type.length)  # type: ignore[attr-defined]
+PARAMETER_VALUE_LENGTH: int = int(PARAMETERS.c.value.type.length)  # type: ignore[attr-defined]
+STORE_UID_LENGTH: int = int(EDGES.c.parent_store.type.length)  # type: ignore[attr-defined]
 _DIGEST_CHARS = 40
 
 

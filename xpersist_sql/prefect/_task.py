@@ -42,11 +42,14 @@ from prefect.utilities.callables import expand_mapping_parameters, get_call_para
 
 from ..errors import ArtifactNotFoundError, PayloadLoadError, PayloadMissingError
 from ..models import Artifact
-from ..provenance import check_hashing_requirements, record_loaded
+from ..parameters import PARAMETER_VALUES, parameter_record
+from ..provenance import check_hashing_requirements, identity_of, record_loaded
 from ..storage import validate_key
 from ..store import CacheStore
 from ._ambiguity import TargetKeys, check_calls, check_rendered, target_keys
+from ._assets import report_hit, report_write
 from ._context import RunContext, Target, render_target, uses_inputs_hash
+from ._lineage import Parent, StoredResult, identity_from, note_task_run, parents_of
 from ._lock_manager import StoreLockManager
 from ._result import XpersistResult, check_serializer_settings
 
@@ -197,6 +200,8 @@ class _Spec:
     version: str | None = None
     #: the hash of the body's source, with ``code_hash=True``
     code: str | None = None
+    #: report stored results to Prefect (asset events and a link artifact)
+    report_assets: bool = True
 
     @property
     def store(self) -> CacheStore:
@@ -214,6 +219,17 @@ class _Spec:
 def _isolation_of(transaction: BaseTransaction | None) -> str | None:
     level = getattr(transaction, "isolation_level", None)
     return None if level is None else str(getattr(level, "value", level)).upper()
+
+
+def _still_stored(store: CacheStore, parent: Parent) -> bool:
+    """Whether a parent of this store is still stored (a parent of another store counts)."""
+    if not parent.local:
+        return True
+    try:
+        store.get_artifact(parent.identity.key)
+    except ArtifactNotFoundError:
+        return False
+    return True
 
 
 class _RemoveOnRollback:
@@ -374,12 +390,19 @@ class _Call:
         overwrite = self.refresh or self.broken or self.stale
         store = spec.result.overwriting_store() if overwrite else spec.store
         metadata = {**self.context.metadata(), "target": spec.target_text()}
+        values = self.parameter_values()
+        if values is not None:
+            metadata[PARAMETER_VALUES] = values
         if self.version is not None:
             metadata[VERSION_FIELD] = self.version
         if spec.code is not None:
             metadata[CODE_HASH_FIELD] = spec.code
+        parents = parents_of(
+            spec.store, self.key, self.context.parameters, self.context.task_run_id
+        )
         before = datetime.now(timezone.utc)
-        artifact = store.put(
+        put = functools.partial(
+            store.put,
             self.key,
             value,
             serializer=spec.serializer,
@@ -388,14 +411,58 @@ class _Call:
             additional_metadata=metadata,
             ttl=self.ttl,
         )
+        try:
+            artifact = put(derived_from=[parent.identity for parent in parents])
+        except ArtifactNotFoundError as exc:  # a parent deleted (or expired) since it was read
+            kept = [parent for parent in parents if _still_stored(spec.store, parent)]
+            _logger().warning(
+                "storing %r: %s; its lineage records the %d of its %d parents still stored",
+                self.key,
+                exc,
+                len(kept),
+                len(parents),
+            )
+            parents = kept
+            artifact = put(derived_from=[parent.identity for parent in parents])
         written = artifact.created_at >= before and (
             artifact.additional_metadata.get("task_run_id") == self.context.task_run_id
+        )
+        note_task_run(
+            self.context.task_run_id,
+            StoredResult(spec.store, artifact.key, identity_from(store, artifact)),
         )
         if written:
             _logger().info("stored result at %s", self.location)
             # downstream tasks of this run hash the value as the artifact, as they will on a hit
             record_loaded(value, store, artifact)
+            if spec.report_assets:
+                report_write(
+                    url=spec.store.payload_url(self.key),
+                    key=self.key,
+                    store_path=spec.store.path,
+                    serializer=artifact.serializer,
+                    parents=parents,
+                    task_run_id=self.context.task_run_id,
+                    logger=_logger(),
+                )
         return artifact if written else None
+
+    def parameter_values(self) -> dict[str, Any] | None:
+        """Return the bound arguments as recorded (``parameter_record``).
+
+        A failure to record them is logged and stores the value without them.
+        """
+        try:
+            return parameter_record(self.context.parameters)
+        except Exception as exc:
+            _logger().warning(
+                "the parameter values of task %r are not recorded with %r: %s: %s",
+                self.context.task_name,
+                self.key,
+                type(exc).__name__,
+                exc,
+            )
+            return None
 
     def undo_on_rollback(self, artifact: Artifact | None) -> None:
         """Remove the stored value if the run's transaction (or one it is part of) rolls back."""
@@ -404,9 +471,24 @@ class _Call:
             transaction.on_rollback_hooks.append(_RemoveOnRollback(self.spec.store, artifact))
 
     def hit(self, value: Any) -> Any:
-        """Return what the wrapper returns on a hit: a ``Cached`` state inside a task run."""
+        """Return what the wrapper returns on a hit: a ``Cached`` state inside a task run.
+
+        The task run is noted as ending with the stored artifact (for the lineage of the tasks
+        it feeds); a hit rewrites nothing in the store.
+        """
         if not self.context.in_task_run:
             return value
+        spec = self.spec
+        note_task_run(
+            self.context.task_run_id, StoredResult(spec.store, self.key, identity_of(value))
+        )
+        if spec.report_assets:
+            report_hit(
+                url=spec.store.payload_url(self.key),
+                key=self.key,
+                task_run_id=self.context.task_run_id,
+                logger=_logger(),
+            )
         message = f"loaded from cache at {self.location}"
         return Completed(name=CACHED_STATE_NAME, data=value, message=message)
 
@@ -621,6 +703,7 @@ def xpersist_task(
     isolation_level: str | IsolationLevel | None = None,
     version: str | None = None,
     code_hash: bool = False,
+    report_assets: bool = True,
     **task_options: Any,
 ) -> XpersistTask[P, R]: ...
 
@@ -642,6 +725,7 @@ def xpersist_task(
     isolation_level: str | IsolationLevel | None = None,
     version: str | None = None,
     code_hash: bool = False,
+    report_assets: bool = True,
     **task_options: Any,
 ) -> Callable[[Callable[P, R]], XpersistTask[P, R]]: ...
 
@@ -662,6 +746,7 @@ def xpersist_task(
     isolation_level: str | IsolationLevel | None = None,
     version: str | None = None,
     code_hash: bool = False,
+    report_assets: bool = True,
     **task_options: Any,
 ) -> XpersistTask[P, R] | Callable[[Callable[P, R]], XpersistTask[P, R]]:
     """Make a Prefect task whose value is cached in a :class:`~xpersist_sql.CacheStore`.
@@ -719,6 +804,15 @@ def xpersist_task(
         ``TaskSource`` policy, decorator lines left out) and treat an artifact recorded with
         another hash, or none, as a miss that recomputes and overwrites it (logged): editing
         the body recomputes this task's values, and only this task's.
+    report_assets : bool
+        Report each result the task stores to Prefect (default ``True``): the events Prefect
+        emits for an asset materialization (``prefect.asset.materialization.succeeded``, the
+        payload URL ``store.payload_url(key)`` as the asset key, a local path as a
+        ``file://`` URL; the stored artifacts it was computed from as its upstream assets) and
+        a link artifact on the task run (a link to the payload, keyed by the store key). A
+        hit makes the stored result an upstream asset of Prefect's materializing tasks
+        downstream. A failure to report is logged as a warning and never fails the task.
+        ``False`` reports nothing.
     **task_options
         Any option of :func:`prefect.task` (``name``, ``tags``, ``retries``,
         ``task_run_name``...), except those that would cache or persist the value a second time
@@ -759,6 +853,11 @@ def xpersist_task(
     missing target at once follow the store's ``on_duplicate_key``. On a readonly store, hits
     are served and misses are computed but not stored (with a warning). A value stored inside
     a Prefect transaction (``with transaction():``) is removed if that transaction rolls back.
+
+    Each stored artifact records the task's parameter values (``parameter_values``, queryable
+    with ``store.query(parameters={...})``) and its lineage: the arguments loaded from a store
+    and the stored results of the upstream task runs Prefect records as its inputs
+    (``store.lineage(key)``). A hit rewrites neither.
 
     Examples
     --------
@@ -837,6 +936,7 @@ def xpersist_task(
             locks=StoreLockManager(settings.store),
             version=version,
             code=code_hash_of(body) if code_hash else None,
+            report_assets=bool(report_assets),
         )
         made: XpersistTask[P, R] = XpersistTask(fn=body, **options)
         made._xpersist_spec = spec
