@@ -7,13 +7,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import sqlalchemy as sa
 
 from xpersist_sql import Artifact, ArtifactNotFoundError, CacheStore, ReadonlyStoreError
 from xpersist_sql.db.tables import EDGES
 from xpersist_sql.lineage import DERIVED_FROM, parents_of, to_dot, to_mermaid
-from xpersist_sql.provenance import ArtifactIdentity
+from xpersist_sql.provenance import ArtifactIdentity, identity_of, store_id
 
 
 def keys(artifacts: list[Artifact]) -> list[str]:
@@ -106,6 +107,22 @@ def test_parent_in_a_fresh_store_is_unknown(make_store: Callable[..., CacheStore
     store = make_store()
     with pytest.raises(ArtifactNotFoundError):
         put(store, "child.json", "raw.json")
+
+
+def test_a_value_loaded_from_a_store_read_before_its_first_write_links(
+    make_store: Callable[..., CacheStore],
+) -> None:
+    """A store's id read before its marker exists is not remembered: its path is no id."""
+    store = make_store()
+    before = store_id(store)  # no marker yet: the path answers, and is not kept
+    assert before == store.path
+    store.put("raw.npy", np.arange(4))
+    assert store_id(store) != before  # the marker's id, now that the store exists
+    loaded = store.get("raw.npy")
+    identity = identity_of(loaded)
+    assert identity is not None and identity.store_id == store_id(store)
+    store.put("double.npy", loaded * 2, derived_from=[identity])
+    assert keys(store.lineage("double.npy")) == ["raw.npy"]
 
 
 # -- walking ---------------------------------------------------------------------------------

@@ -45,6 +45,7 @@ __all__ = [
     "identity_of",
     "record_loaded",
     "register_artifact",
+    "store_id",
 ]
 
 #: Part of every hash: a change of how values are hashed changes every hash (and so every key).
@@ -95,7 +96,7 @@ class _Loaded:
 
     def identity(self) -> ArtifactIdentity:
         return ArtifactIdentity(
-            store_id=_store_id(self.store),
+            store_id=store_id(self.store),
             key=self.artifact.key,
             created_at=self.artifact.created_at.isoformat(),
             fingerprint=self.artifact.fingerprint,
@@ -110,18 +111,24 @@ _LOADED: dict[int, tuple[weakref.ref[Any], _Loaded]] = {}
 _STORE_IDS: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 
 
-def _store_id(store: Any) -> str:
+def store_id(store: Any) -> str:
+    """Return the identity of ``store`` that artifact identities carry.
+
+    The id in the store's marker (read once per store object and process), or, while the store
+    has no marker yet (nothing was ever written to it) or its marker cannot be read, its path:
+    that answer is not remembered, so the id is used as soon as the first write creates it.
+    """
     try:
         return _STORE_IDS[store]
     except (KeyError, TypeError):
         pass
-    found = str(getattr(store, "path", store))
     try:
         marker = store._backend.marker()  # the store's identity, as recorded in the index
     except Exception:  # an unreadable marker: the path still names the store
         marker = None
-    if marker is not None:
-        found = str(marker.store_id)
+    if marker is None:
+        return str(getattr(store, "path", store))
+    found = str(marker.store_id)
     with contextlib.suppress(TypeError):  # a store that cannot be weakly referenced
         _STORE_IDS[store] = found
     return found

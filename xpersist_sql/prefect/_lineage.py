@@ -31,7 +31,7 @@ from prefect.context import TaskRunContext
 from ..errors import ArtifactNotFoundError
 from ..models import Artifact
 from ..provenance import ArtifactIdentity, identity_of
-from ..provenance import _store_id as provenance_store_id
+from ..provenance import store_id as provenance_store_id
 from ..store import CacheStore
 
 __all__ = [
