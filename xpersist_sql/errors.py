@@ -17,6 +17,9 @@ store and what to do about it::
     ├── StoreMismatchError                                   the store's marker and index disagree
     ├── PayloadMissingError (FileNotFoundError, ValueError)  the row exists, the payload is gone
     ├── PayloadLoadError (ValueError)                        the payload exists but cannot be read
+    ├── PayloadChangedError (ValueError)                     the payload is not its row's
+    ├── UntrustedPayloadError (PermissionError)              a load would run code nobody trusted
+    │   └── SerializerMismatchError                          the row names a serializer not accepted
     ├── SchemaVersionError (RuntimeError)                    the index is at another schema revision
     ├── IndexUnavailableError (ConnectionError)              the index database cannot be reached
     ├── InputsHashError (TypeError)                          an input {inputs_hash} cannot hash
@@ -40,15 +43,18 @@ __all__ = [
     "LockTimeoutError",
     "MissingDependencyError",
     "OverlappingKeyError",
+    "PayloadChangedError",
     "PayloadLoadError",
     "PayloadMissingError",
     "ReadonlyStoreError",
     "SchemaVersionError",
     "SerializationError",
+    "SerializerMismatchError",
     "SerializerNotFoundError",
     "StoreMismatchError",
     "StoreNotFoundError",
     "UnsafePathError",
+    "UntrustedPayloadError",
     "XpersistSQLError",
 ]
 
@@ -125,6 +131,28 @@ class PayloadLoadError(XpersistSQLError, ValueError):
 
     A ``ValueError``, as xpersist 2021 raised for a value it could not load.
     """
+
+
+class PayloadChangedError(XpersistSQLError, ValueError):
+    """The payload at the key is not the one its row describes (changed behind the index's back).
+
+    Raised by ``get`` when the payload's identity still differs once concurrent writers are
+    waited out, and, with ``get(key, verify=True)`` (or a store opened with ``checksum=True``),
+    when its recorded checksum or file listing no longer matches.
+    """
+
+
+class UntrustedPayloadError(XpersistSQLError, PermissionError):
+    """Loading the payload would run code it holds (pickle, joblib, ``allow_pickle``) untrusted.
+
+    Such a row loads only where the caller asks for that serializer (``get(key,
+    serializer=...)``, a task declaring it), the store trusts it
+    (``CacheStore(..., trusted_serializers=[...])``), or this process wrote it.
+    """
+
+
+class SerializerMismatchError(UntrustedPayloadError):
+    """The row was written with a serializer the caller does not accept (``get(key, accept=)``)."""
 
 
 class SchemaVersionError(XpersistSQLError, RuntimeError):

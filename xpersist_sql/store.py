@@ -27,6 +27,7 @@ from .errors import (
     CollisionError,
     DuplicateKeyError,
     MissingDependencyError,
+    PayloadChangedError,
     PayloadLoadError,
     PayloadMissingError,
     ReadonlyStoreError,
@@ -52,6 +53,7 @@ from .query import (
 )
 from .serializers import Serializer, get_serializer, pick_serializer
 from .storage import HIDDEN_DIR, PayloadStorage, validate_key
+from .trust import check_accepted, check_trusted, trusted_names, verify_payload, wrote
 from .units import parse_duration, parse_size, parse_ttl
 
 if TYPE_CHECKING:
@@ -188,8 +190,14 @@ class CacheStore:
         Options of the fsspec filesystem (:class:`fsspec.spec.AbstractFileSystem`: credentials,
         ``endpoint_url``...).
     checksum : bool
-        Compute a sha256 of every payload on ``put`` (off by default: hashing a large dataset
-        costs a full read).
+        Compute a sha256 of every payload on ``put``, and check it on every ``get`` (off by
+        default: hashing a large dataset costs a full read).
+    trusted_serializers : list of str, optional
+        Serializers whose loads run code (``pickle``, ``joblib``; ``numpy.npy`` for rows with
+        ``allow_pickle=True``) that this store loads for any row. Default ``["joblib"]``, the
+        format ``serializer="auto"`` writes for plain Python objects; ``[]`` trusts none. A
+        row of another such serializer loads only when the caller names its serializer or
+        this process wrote it: see :mod:`xpersist_sql.trust`.
     default_ttl : timedelta or float, optional
         Expiry applied to every ``put`` that gives no ``ttl``.
     max_size : int or str, optional
@@ -222,6 +230,7 @@ class CacheStore:
         default_ttl: TTL | None = None,
         max_size: int | str | None = None,
         create: bool = True,
+        trusted_serializers: Iterable[str] | None = None,
     ) -> None:
         raw = _default_path() if path is None else os.fspath(path)
         self.storage_options: dict[str, Any] = dict(storage_options or {})
@@ -234,6 +243,7 @@ class CacheStore:
         where = f"CacheStore({self.path!r}): "
         self.on_duplicate_key = _policy(on_duplicate_key, where)
         self.checksum = bool(checksum)
+        self.trusted_serializers: frozenset[str] = trusted_names(trusted_serializers, where)
         self.default_ttl = _as_timedelta(default_ttl, where, "default_ttl")
         self.max_size: int | None = None if max_size is None else parse_size(max_size)
         self._size_guard = None if self.max_size is None else _evict.SizeGuard(self.max_size)
@@ -294,6 +304,7 @@ class CacheStore:
             "default_ttl": self.default_ttl,
             "max_size": self.max_size,
             "create": self.create,
+            "trusted_serializers": sorted(self.trusted_serializers),
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -490,8 +501,10 @@ class CacheStore:
         else:
             # object stores: written in place, under the key's write lock (see write_in_place)
             stored = self._backend.write_in_place(key, produce, decide)
-        if self._size_guard is not None and stored.created_at == now:  # written, not skipped
-            self._size_guard.after_put(self._backend, stored)
+        if stored.created_at == now:  # written, not skipped
+            wrote(self.path, stored)  # this process may load what it wrote (see trust.py)
+            if self._size_guard is not None:
+                self._size_guard.after_put(self._backend, stored)
         return stored
 
     def _dump(
@@ -591,17 +604,35 @@ class CacheStore:
         key: str,
         serializer: str | None = None,
         load_kwargs: dict[str, Any] | None = None,
+        *,
+        verify: bool | None = None,
+        accept: Iterable[str] | None = None,
     ) -> Any:
         """Load the value stored under ``key`` (lazily for zarr and netCDF).
+
+        The payload loaded is the one the row describes, checked by its identity (one ``lstat``
+        on local disk, one ``HEAD`` on an object store) after the load; ``verify`` checks it
+        whole. Formats whose loads run code (pickle, joblib) load only where that is trusted:
+        see :mod:`xpersist_sql.trust`.
 
         Parameters
         ----------
         key : str
             The key given to :meth:`put`.
         serializer : str, optional
-            Read with another serializer than the one that wrote the payload.
+            Read with another serializer than the one that wrote the payload (naming it also
+            trusts it: see :mod:`xpersist_sql.trust`).
         load_kwargs : dict, optional
             Merged over the ``load_kwargs`` recorded at put time.
+        verify : bool, optional
+            Check the whole payload against its row: the recorded checksum (a full read), or,
+            for a row without one, every file's name, size and modification time or ETag.
+            Default: the store's ``checksum`` setting (off unless opened with
+            ``checksum=True``).
+        accept : iterable of str, optional
+            The serializers this read accepts: a row written with another one is refused with
+            :class:`SerializerMismatchError`, before anything is read. These count as asked
+            for.
 
         Raises
         ------
@@ -609,11 +640,21 @@ class CacheStore:
             No unexpired artifact under ``key``.
         PayloadMissingError
             The row exists but the payload was removed behind the index's back.
+        PayloadChangedError
+            The payload is not the one the row describes (its identity, or with ``verify``
+            its checksum or files, differ): it was changed behind the index's back.
+        UntrustedPayloadError
+            Loading would run code the payload holds, and nothing trusts it (the message says
+            how to); :class:`SerializerMismatchError` for a row outside ``accept``.
         PayloadLoadError
             The serializer could not read the payload (the message compares library versions).
+        MissingDependencyError
+            The serializer, or the load options, need a package that is not installed.
         """
         key = validate_key(key, store=self.path)
         storage, backend = self._storage, self._backend
+        accepted = None if accept is None else frozenset(accept)
+        deep = self.checksum if verify is None else bool(verify)
         settled_for: Artifact | None = None  # the row last waited out / repaired
         rounds = 0
         while True:
@@ -621,7 +662,16 @@ class CacheStore:
             # Give up only when settling changed nothing: the same row still lacks its payload.
             # A different row means other writers are making progress: wait them out again.
             settled = artifact == settled_for or rounds >= _MAX_SETTLE_ROUNDS
+            check_accepted(artifact, accepted, self.path)
             ser = get_serializer(serializer or artifact.serializer)
+            check_trusted(
+                artifact,
+                ser,
+                asked=serializer is not None or (accepted is not None and ser.name in accepted),
+                load_kwargs=load_kwargs,
+                trusted=self.trusted_serializers,
+                store=self.path,
+            )
             ser.check_requirements()
             path = storage.check_path(key)  # never read through a symlink
             # On local disk a missing payload is one lstat away; on an object store the load
@@ -642,10 +692,19 @@ class CacheStore:
                     # swapped in): its identity, one lstat or one HEAD, still matches after the
                     # load.
                     if backend.payload_matches(artifact, repair=not self.readonly):
+                        if deep:
+                            verify_payload(storage, artifact, self.path)
                         return value
                     if settled:
                         self._check_not_displaced(artifact)
-                        return value  # changed behind the index's back: verify reports it
+                        raise PayloadChangedError(
+                            f"the payload of key {key!r} in store {self.path!r} is not the one "
+                            "its row describes (its identity differs: it was rewritten, "
+                            "replaced or touched behind the index's back). Recompute it with "
+                            f"store.put({key!r}, value, on_duplicate_key='overwrite'), or, if "
+                            "the change was deliberate, record it with `xpersist-sql verify "
+                            "--refingerprint`"
+                        )
             if not present and settled:
                 self._check_not_displaced(artifact)
                 raise PayloadMissingError(

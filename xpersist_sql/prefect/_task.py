@@ -40,10 +40,17 @@ from prefect.states import Completed
 from prefect.transactions import BaseTransaction, IsolationLevel, get_transaction
 from prefect.utilities.callables import expand_mapping_parameters, get_call_parameters
 
-from ..errors import ArtifactNotFoundError, PayloadLoadError, PayloadMissingError
+from ..errors import (
+    ArtifactNotFoundError,
+    PayloadChangedError,
+    PayloadLoadError,
+    PayloadMissingError,
+    UntrustedPayloadError,
+)
 from ..models import Artifact
 from ..parameters import PARAMETER_VALUES, parameter_record
 from ..provenance import check_hashing_requirements, identity_of, record_loaded
+from ..serializers import auto_choices
 from ..storage import validate_key
 from ..store import CacheStore
 from ._ambiguity import TargetKeys, check_calls, check_rendered, target_keys
@@ -313,17 +320,31 @@ class _Call:
     def lookup(self) -> tuple[bool, Any]:
         """Load the stored value: ``(True, value)`` on a valid hit, ``(False, None)`` else.
 
-        A row whose payload is gone or unreadable is a miss (logged as a warning) that the next
-        put overwrites.
+        A row whose payload is gone, unreadable or changed behind the index's back, or that was
+        written with another serializer than the task declares (``"auto"``: one ``"auto"``
+        cannot pick), or whose load would run code nobody trusts, is a miss (logged as a
+        warning) that the next put overwrites. A missing package
+        (:class:`~xpersist_sql.MissingDependencyError`) fails the task instead: recomputing
+        would overwrite a value that is fine.
         """
         if self.refresh or self.outdated():
             return False, None
         store = self.spec.store
+        declared = self.spec.serializer
         try:
-            value = store.get(self.key, load_kwargs=self.spec.load_kwargs or None)
+            value = store.get(
+                self.key,
+                load_kwargs=self.spec.load_kwargs or None,
+                accept=auto_choices() if declared == "auto" else (declared,),
+            )
         except ArtifactNotFoundError:
             return False, None
-        except (PayloadMissingError, PayloadLoadError) as exc:
+        except (
+            PayloadMissingError,
+            PayloadLoadError,
+            PayloadChangedError,
+            UntrustedPayloadError,
+        ) as exc:
             self.broken = True
             _logger().warning(
                 "the artifact %r in store %r cannot be loaded, recomputing it: %s",

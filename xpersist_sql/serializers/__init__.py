@@ -9,7 +9,7 @@ others.
 """
 
 from . import numpy_, pandas_, python, xarray_  # noqa: F401  (register the built-ins)
-from .auto import pick_serializer
+from .auto import auto_choices, pick_serializer
 from .registry import (
     ENTRY_POINT_GROUP,
     Serializer,
@@ -24,6 +24,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "Serializer",
     "SerializerPluginWarning",
+    "auto_choices",
     "available_serializers",
     "get_serializer",
     "pick_serializer",

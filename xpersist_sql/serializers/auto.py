@@ -7,7 +7,7 @@ from typing import Any
 
 from .registry import Serializer, registered_serializers
 
-__all__ = ["BUILT_IN_CHOICES", "FALLBACK", "pick_serializer"]
+__all__ = ["BUILT_IN_CHOICES", "FALLBACK", "auto_choices", "pick_serializer"]
 
 #: The built-in rules of ``"auto"``: a type (by its dotted name) and the serializer it picks.
 BUILT_IN_CHOICES: tuple[tuple[str, str], ...] = (
@@ -61,6 +61,18 @@ def pick_serializer(value: Any) -> str:
         if not built_in and isinstance(value, cls):
             return name
     return FALLBACK
+
+
+def auto_choices() -> frozenset[str]:
+    """Return every serializer name ``"auto"`` can pick: what an ``"auto"`` writer may store.
+
+    The built-in rules' serializers, those of registered serializers declaring ``handles``
+    (entry points included) and the fallback, ``joblib``.
+    """
+    declared = {
+        name for name, serializer in registered_serializers().items() if _handles(serializer)
+    }
+    return frozenset({*declared, *(name for _dotted, name in BUILT_IN_CHOICES), FALLBACK})
 
 
 def _object_dtype(value: Any) -> bool:

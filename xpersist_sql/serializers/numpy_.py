@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from fsspec import AbstractFileSystem
@@ -18,6 +19,10 @@ class NumpyNpySerializer(Serializer):
     """
 
     requires = ("numpy",)
+
+    def runs_code(self, load_kwargs: Mapping[str, Any]) -> bool:
+        """Whether the load unpickles object arrays (``allow_pickle=True``), which runs code."""
+        return bool(load_kwargs.get("allow_pickle", False))
 
     def dump(self, value: Any, fs: AbstractFileSystem, path: str, **kwargs: Any) -> None:
         import numpy as np

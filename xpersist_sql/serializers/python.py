@@ -26,7 +26,12 @@ class JSONSerializer(Serializer):
 
 @register_serializer("pickle")
 class PickleSerializer(Serializer):
-    """A :mod:`pickle` file (highest protocol unless ``protocol`` is given)."""
+    """A :mod:`pickle` file (highest protocol unless ``protocol`` is given).
+
+    Loading a pickle runs code it holds: see "Trust" in the serializers guide.
+    """
+
+    runs_code_on_load = True
 
     def dump(self, value: Any, fs: AbstractFileSystem, path: str, **kwargs: Any) -> None:
         kwargs.setdefault("protocol", pickle.HIGHEST_PROTOCOL)
@@ -40,9 +45,14 @@ class PickleSerializer(Serializer):
 
 @register_serializer("joblib")
 class JoblibSerializer(Serializer):
-    """A :func:`joblib.dump` file: efficient for objects holding large numpy arrays."""
+    """A :func:`joblib.dump` file: efficient for objects holding large numpy arrays.
+
+    joblib files are pickles: loading one runs code it holds (see "Trust" in the serializers
+    guide).
+    """
 
     requires = ("joblib",)
+    runs_code_on_load = True
 
     def dump(self, value: Any, fs: AbstractFileSystem, path: str, **kwargs: Any) -> None:
         import joblib

@@ -25,7 +25,7 @@ import importlib
 import importlib.metadata
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, TypeVar
 
 from fsspec import AbstractFileSystem
@@ -79,6 +79,9 @@ class Serializer(abc.ABC):
     extra: ClassVar[str | None] = None
     #: The types ``serializer="auto"`` picks this serializer for (classes or dotted names).
     handles: ClassVar[tuple[type | str, ...]] = ()
+    #: Whether loading a payload can run code it holds (pickle, joblib): such payloads load
+    #: only where the caller or the store trusts them (see :meth:`runs_code`).
+    runs_code_on_load: ClassVar[bool] = False
 
     @abc.abstractmethod
     def dump(
@@ -96,6 +99,14 @@ class Serializer(abc.ABC):
     @abc.abstractmethod
     def load(self, fs: AbstractFileSystem, path: str, **kwargs: Any) -> Any:
         """Read the value stored at ``path`` on ``fs``."""
+
+    def runs_code(self, load_kwargs: Mapping[str, Any]) -> bool:
+        """Whether loading with ``load_kwargs`` can run code the payload holds.
+
+        ``runs_code_on_load`` by default; a serializer whose loads run code only with some
+        option (``numpy.npy`` with ``allow_pickle=True``) overrides this.
+        """
+        return self.runs_code_on_load
 
     def check_requirements(self) -> None:
         """Raise :class:`MissingDependencyError` naming the extra if a requirement is missing."""
