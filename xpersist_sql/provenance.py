@@ -17,15 +17,23 @@ Two things live here, both free of Prefect (the store imports this module):
   text; anything else (numpy arrays, pandas objects, xarray objects, dask collections, dataclasses)
   by :func:`dask.base.tokenize` in deterministic mode (dask collections, and dask-backed xarray
   objects, by their graph's name: nothing is computed). Needs the ``[dask]`` extra for those.
+  :func:`components` gives the per-value hashes that :func:`combine` makes into that digest.
+- **A hash of code.** :func:`code_hash` hashes a function's source (what ``xpersist_task(...,
+  code_hash=True)`` records and ``CacheStore.explain(key, fn=...)`` compares).
 """
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import hashlib
+import inspect
 import json
+import marshal
 import math
+import textwrap
 import threading
+import types
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -39,6 +47,9 @@ __all__ = [
     "ArtifactIdentity",
     "InputsHashError",
     "check_hashing_requirements",
+    "code_hash",
+    "combine",
+    "components",
     "forget",
     "hash_inputs",
     "hash_value",
@@ -399,8 +410,35 @@ def hash_value(value: Any, name: str = "value") -> str:
 
 
 def components(parameters: Mapping[str, Any]) -> dict[str, str]:
-    """Return the hash of each named value (what :func:`hash_inputs` combines)."""
+    """Return the hash of each named value (what :func:`hash_inputs` combines).
+
+    Parameters
+    ----------
+    parameters : mapping of str to object
+        The named values.
+
+    Returns
+    -------
+    dict of str to str
+        ``{name: hash_value(value, name)}``.
+    """
     return {name: hash_value(value, name) for name, value in parameters.items()}
+
+
+def combine(parts: Mapping[str, str]) -> str:
+    """Return the inputs hash of per-value hashes (``hash_inputs(p) == combine(components(p))``).
+
+    Parameters
+    ----------
+    parts : mapping of str to str
+        The :func:`components` of the named values.
+
+    Returns
+    -------
+    str
+        A hex digest of :data:`DIGEST_LENGTH` characters.
+    """
+    return _digest([HASH_SCHEME, dict(parts)])
 
 
 def hash_inputs(
@@ -465,4 +503,64 @@ def hash_inputs(
     if on_component is not None:
         for name, part in parts.items():
             on_component(name, part)
-    return _digest([HASH_SCHEME, parts])
+    return combine(parts)
+
+
+# -- code ----------------------------------------------------------------------------------------
+def _normalize_code_location(code: types.CodeType) -> types.CodeType:
+    """Remove where a code object was compiled (as Prefect's ``TaskSource`` policy does)."""
+    return code.replace(
+        co_filename="",
+        co_firstlineno=1,
+        co_linetable=b"",
+        co_consts=tuple(
+            _normalize_code_location(const) if isinstance(const, types.CodeType) else const
+            for const in code.co_consts
+        ),
+    )
+
+
+def _without_decorators(source: str) -> str:
+    """Return a function's source from its ``def`` line on (its decorators left out)."""
+    source = textwrap.dedent(source)
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:  # a lambda's line, a fragment: hash the lines as they are
+        return source
+    first = tree.body[0] if tree.body else None
+    if isinstance(first, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        return "\n".join(source.splitlines()[first.lineno - 1 :]) + "\n"
+    return source
+
+
+def code_hash(fn: Callable[..., Any]) -> str:
+    """Return the hash of a task body's source (what ``code_hash=True`` records and compares).
+
+    As Prefect 3's ``TaskSource`` cache policy: the function's source text
+    (:func:`inspect.getsource`), here without its decorator lines (so changing ``retries=`` or
+    ``tags=`` does not count as a change of code); when the source cannot be read (a function
+    made by ``exec``), its code object without compilation locations. Functions it calls are not
+    included: only the body's own lines count.
+
+    Parameters
+    ----------
+    fn : callable
+        The task body.
+
+    Returns
+    -------
+    str
+        A hex sha256 digest, 32 characters long.
+    """
+    try:
+        source = _without_decorators(inspect.getsource(fn))
+        data = source.encode("utf-8")
+    except (OSError, TypeError):
+        code = getattr(inspect.unwrap(fn), "__code__", None)
+        if code is None:
+            raise TypeError(
+                f"code_hash=True needs the source or the code of the task body, and "
+                f"{fn!r} has neither"
+            ) from None
+        data = marshal.dumps(_normalize_code_location(code))
+    return hashlib.sha256(data).hexdigest()[:32]

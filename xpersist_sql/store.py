@@ -7,7 +7,7 @@ import logging
 import os
 import pickle
 import platform
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +34,8 @@ from .errors import (
     SerializationError,
     XpersistSQLError,
 )
+from .explain import Explanation
+from .explain import explain as _explain
 from .legacy import LegacyImportReport, import_legacy_into
 from .lineage import DERIVED_FROM, DIRECTIONS, GRAPH_FORMATS, parent_record, to_graph
 from .maintenance import evict as _evict
@@ -1050,6 +1052,44 @@ class CacheStore:
             for _, ident, _ in walked.nodes
             if ident in reached and not reached[ident].is_expired(now)
         ]
+
+    def explain(self, key: str, fn: Callable[..., Any] | None = None) -> Explanation:
+        """Explain why ``key`` exists and whether it would be a hit now (nothing is loaded).
+
+        The row (serializer, ``created_at``, expiry, size, checksum), whether the payload is
+        present and the one the row describes, the target template and context values an
+        ``xpersist_task`` rendered the key from, its inputs hash and per-argument components,
+        the task version and code hash recorded, and each upstream artifact recorded at
+        derivation with its status now (``"unchanged"``, ``"changed"``, ``"missing"``).
+
+        Parameters
+        ----------
+        key : str
+            The key (an expired one is explained too).
+        fn : callable, optional
+            The function, or the ``xpersist_task``, computing the value: its code hash now
+            (:func:`xpersist_sql.provenance.code_hash`) is compared with the recorded one, and
+            a task's ``version`` with the recorded version.
+
+        Returns
+        -------
+        Explanation
+            ``would_hit``, ``stale`` and ``reasons``; ``str()`` of it reads as a report,
+            ``to_dict()`` / ``to_json()`` give its JSON form.
+
+        Raises
+        ------
+        ArtifactNotFoundError
+            If nothing is stored under ``key``.
+
+        Examples
+        --------
+        >>> store.put("raw.json", [1, 2], serializer="json")  # doctest: +SKIP
+        >>> store.put("sum.json", 3, serializer="json", derived_from=["raw.json"])  # doctest: +SKIP
+        >>> store.explain("sum.json").would_hit  # doctest: +SKIP
+        True
+        """
+        return _explain(self, key, fn)
 
     def delete_downstream(self, key: str, dry_run: bool = False) -> list[Artifact]:
         """Remove ``key`` and everything derived from it, transitively.

@@ -7,13 +7,14 @@ is an error.
 
 Exit status (:data:`._app.EPILOG`, under ``--help``): 0 clean; 1 problems found (``verify``,
 ``db current`` on an index this version cannot use, ``import-legacy --strict`` with skipped
-sidecars, ``rm`` declined at its prompt); 2 usage or runtime error (one line on stderr). Every
-command has ``--json``, whose stdout is one JSON document with stable keys (docs/queries.md).
+sidecars, ``rm`` declined at its prompt, ``explain`` of a key that would not hit or is stale);
+2 usage or runtime error (one line on stderr). Every command has ``--json``, whose stdout is one
+JSON document with stable keys (docs/queries.md).
 
 The package is plain commands: :mod:`._app` holds the typer apps, :mod:`._common` the shared
 options and helpers, and each command module (:mod:`.query`, :mod:`.rm`, :mod:`.lineage`,
-:mod:`.maintenance`, :mod:`.db`) imports only those two and the public API; importing them here
-registers them.
+:mod:`.explain`, :mod:`.maintenance`, :mod:`.db`) imports only those two and the public API;
+importing them here registers them.
 """
 
 from __future__ import annotations
@@ -26,12 +27,12 @@ from ._common import EXIT_ERROR
 
 # isort: off
 # importing a command module registers its commands, in this order in --help
-from . import query, rm, lineage, maintenance, db
+from . import query, rm, lineage, explain, maintenance, db
 # isort: on
 
 __all__ = ["app", "main"]
 
-_COMMANDS = (query, rm, lineage, maintenance, db)
+_COMMANDS = (query, rm, lineage, explain, maintenance, db)
 
 
 def main() -> None:

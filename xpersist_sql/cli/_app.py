@@ -19,7 +19,8 @@ __all__ = ["EPILOG", "PlainHelpCommand", "app", "db_app"]
 #: The exit statuses, shown under ``xpersist-sql --help`` (and in docs/queries.md).
 EPILOG = (
     "Exit status: 0 clean; 1 problems found (verify, db current on an index this version "
-    "cannot use, import-legacy --strict with skipped sidecars, rm declined at its prompt); "
+    "cannot use, import-legacy --strict with skipped sidecars, rm declined at its prompt, "
+    "explain of a key that would not hit or is stale); "
     "2 usage or runtime error (one line on stderr)."
 )
 

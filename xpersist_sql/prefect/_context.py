@@ -27,7 +27,7 @@ from typing import Any
 from prefect.context import FlowRunContext, TaskRunContext
 
 from ..errors import XpersistSQLError
-from ..provenance import hash_inputs
+from ..provenance import combine, components
 
 __all__ = [
     "MAX_FORMAT_WIDTH",
@@ -56,6 +56,10 @@ TEMPLATE_NAMES: tuple[str, ...] = (
 )
 #: The template name computed only when a target uses it (hashing may read large values).
 INPUTS_HASH = "inputs_hash"
+#: The ``additional_metadata`` name of the per-argument hashes the inputs hash combines.
+INPUT_HASHES = "input_hashes"
+#: A task with more arguments than this records its inputs hash without its components.
+MAX_RECORDED_INPUT_HASHES = 64
 
 Target = str | Callable[[dict[str, Any]], str]
 
@@ -197,13 +201,22 @@ class RunContext:
         )
 
     @functools.cached_property
-    def inputs_hash(self) -> str:
-        """The deterministic hash of the bound arguments (computed once, when first read)."""
+    def input_hashes(self) -> dict[str, str]:
+        """The hash of each bound argument (computed once, when first read)."""
         where = f"task {self.task_name!r}"
         try:
-            return hash_inputs(self.parameters)
+            return components(self.parameters)
         except XpersistSQLError as exc:
             raise type(exc)(f"{where}: {exc}") from exc
+
+    @functools.cached_property
+    def inputs_hash(self) -> str:
+        """The deterministic hash of the bound arguments (computed once, when first read).
+
+        :func:`xpersist_sql.provenance.hash_inputs` of the arguments, combined from
+        :attr:`input_hashes`.
+        """
+        return combine(self.input_hashes)
 
     def template_values(self) -> TemplateValues:
         """Return the values of the template names (``None`` for those this call does not know).
@@ -231,7 +244,9 @@ class RunContext:
         """JSON-able context for an artifact's ``additional_metadata`` (dates as strings).
 
         ``parameters`` lists the parameter names only (their values may be large); names this
-        call does not know are left out.
+        call does not know are left out. When the inputs hash was computed (a target using
+        ``{inputs_hash}``), it is recorded with its per-argument components (``input_hashes``,
+        for at most :data:`MAX_RECORDED_INPUT_HASHES` arguments).
         """
         values = dict(dict.items(self.template_values()))  # inputs_hash: only if computed
         values.pop("date")
@@ -239,6 +254,8 @@ class RunContext:
         values["parameters"] = list(self.parameters)
         if "inputs_hash" in self.__dict__:
             values[INPUTS_HASH] = self.__dict__["inputs_hash"]
+            if len(self.input_hashes) <= MAX_RECORDED_INPUT_HASHES:
+                values[INPUT_HASHES] = dict(self.input_hashes)
         return {name: value for name, value in values.items() if value is not None}
 
 

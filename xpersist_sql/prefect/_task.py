@@ -12,17 +12,12 @@ transactions); see docs/design.md, "Prefect integration", for why this is not a 
 
 from __future__ import annotations
 
-import ast
 import asyncio
 import copy
 import functools
-import hashlib
 import inspect
 import logging
-import marshal
 import os
-import textwrap
-import types
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -49,7 +44,7 @@ from ..errors import (
 )
 from ..models import Artifact
 from ..parameters import PARAMETER_VALUES, parameter_record
-from ..provenance import check_hashing_requirements, identity_of, record_loaded
+from ..provenance import check_hashing_requirements, code_hash, identity_of, record_loaded
 from ..serializers import auto_choices
 from ..storage import validate_key
 from ..store import CacheStore
@@ -114,65 +109,6 @@ def refresh_requested(refresh: bool = False, refresh_cache: bool | None = None) 
     if os.environ.get(REFRESH_ENV, "").strip().lower() in _TRUE:
         return True
     return bool(get_current_settings().tasks.refresh_cache)
-
-
-def _normalize_code_location(code: types.CodeType) -> types.CodeType:
-    """Remove where a code object was compiled (as Prefect's ``TaskSource`` policy does)."""
-    return code.replace(
-        co_filename="",
-        co_firstlineno=1,
-        co_linetable=b"",
-        co_consts=tuple(
-            _normalize_code_location(const) if isinstance(const, types.CodeType) else const
-            for const in code.co_consts
-        ),
-    )
-
-
-def _without_decorators(source: str) -> str:
-    """Return a function's source from its ``def`` line on (its decorators left out)."""
-    source = textwrap.dedent(source)
-    try:
-        tree = ast.parse(source)
-    except SyntaxError:  # a lambda's line, a fragment: hash the lines as they are
-        return source
-    first = tree.body[0] if tree.body else None
-    if isinstance(first, (ast.FunctionDef, ast.AsyncFunctionDef)):
-        return "\n".join(source.splitlines()[first.lineno - 1 :]) + "\n"
-    return source
-
-
-def code_hash(fn: Callable[..., Any]) -> str:
-    """Return the hash of a task body's source (what ``code_hash=True`` records and compares).
-
-    As Prefect 3's ``TaskSource`` cache policy: the function's source text
-    (:func:`inspect.getsource`), here without its decorator lines (so changing ``retries=`` or
-    ``tags=`` does not count as a change of code); when the source cannot be read (a function
-    made by ``exec``), its code object without compilation locations. Functions it calls are not
-    included: only the body's own lines count.
-
-    Parameters
-    ----------
-    fn : callable
-        The task body.
-
-    Returns
-    -------
-    str
-        A hex sha256 digest, 32 characters long.
-    """
-    try:
-        source = _without_decorators(inspect.getsource(fn))
-        data = source.encode("utf-8")
-    except (OSError, TypeError):
-        code = getattr(inspect.unwrap(fn), "__code__", None)
-        if code is None:
-            raise TypeError(
-                f"code_hash=True needs the source or the code of the task body, and "
-                f"{fn!r} has neither"
-            ) from None
-        data = marshal.dumps(_normalize_code_location(code))
-    return hashlib.sha256(data).hexdigest()[:32]
 
 
 code_hash_of = code_hash  # the name the decorator's code_hash= argument does not shadow
