@@ -53,7 +53,7 @@ def test_the_row_records_walk_and_identity(store: CacheStore) -> None:
     assert identity is not None
     info = os.lstat(Path(store.path, "ds.zarr"))
     ino, mtime = identity.split(":")
-    assert (int(ino, 36), int(mtime, 36)) == (info.st_ino, info.st_mtime_ns)
+    assert (int(ino, 16), int(mtime, 16)) == (info.st_ino, info.st_mtime_ns)
     file_artifact = store.put("v.json", {"v": 1}, serializer="json")
     assert split_fingerprint(file_artifact.fingerprint)[1] is not None
     assert recorded(store, "v.json") == file_artifact.fingerprint

@@ -189,17 +189,6 @@ def split_fingerprint(recorded: str | None) -> tuple[str | None, str | None]:
     return walk, (identity if found else None)
 
 
-def _b36(number: int) -> str:
-    """Return ``number`` (non-negative) in base 36: identities stay short in ``show``."""
-    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
-    out = ""
-    while True:
-        number, digit = divmod(number, 36)
-        out = digits[digit] + out
-        if not number:
-            return out
-
-
 def _nonce_ns() -> int:
     """Return a modification time of now with random nanoseconds, unique to one write."""
     return time.time_ns() // 1000 * 1000 + secrets.randbelow(1000)
@@ -466,7 +455,7 @@ class PayloadStorage:
     def identity(self, path: str, like: str | None = None) -> str:
         """Return the O(1) identity of the payload at ``path``: what a ``get`` checks.
 
-        - local disk, one ``lstat``: ``<inode>:<mtime_ns>`` (base 36) of the file, or of a
+        - local disk, one ``lstat``: ``<inode>:<mtime_ns>`` (hexadecimal) of the file, or of a
           directory payload's root. :meth:`seal` made the modification time unique to the
           write; a rename keeps it, any rewrite of the file or any entry added to or removed
           from the directory's root changes it, and a payload swapped in has another inode.
@@ -484,7 +473,7 @@ class PayloadStorage:
         """
         if self.is_local:
             info = os.lstat(path)
-            return f"{_b36(info.st_ino)}:{_b36(info.st_mtime_ns)}"
+            return f"{info.st_ino:x}:{info.st_mtime_ns:x}"
         if like is None:
             self._refresh(path)
             kind = "d" if self.fs.isdir(path) else "f"

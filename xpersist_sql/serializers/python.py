@@ -8,6 +8,7 @@ from typing import Any
 
 from fsspec import AbstractFileSystem
 
+from ._local import is_local
 from .registry import Serializer, register_serializer
 
 
@@ -16,12 +17,20 @@ class JSONSerializer(Serializer):
     """JSON text, written with :func:`json.dump` (``dump_kwargs`` go to it)."""
 
     def dump(self, value: Any, fs: AbstractFileSystem, path: str, **kwargs: Any) -> None:
+        text = json.dumps(value, **kwargs)
+        if is_local(fs):  # the same file, without fsspec's file object around it
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(text)
+            return
         with fs.open(path, "w", encoding="utf-8") as f:
-            json.dump(value, f, **kwargs)
+            f.write(text)
 
     def load(self, fs: AbstractFileSystem, path: str, **kwargs: Any) -> Any:
-        with fs.open(path, "r", encoding="utf-8") as f:
-            return json.load(f, **kwargs)
+        if is_local(fs):
+            with open(path, "rb") as f:
+                return json.loads(f.read(), **kwargs)
+        with fs.open(path, "rb") as f:
+            return json.loads(f.read(), **kwargs)
 
 
 @register_serializer("pickle")
@@ -35,11 +44,11 @@ class PickleSerializer(Serializer):
 
     def dump(self, value: Any, fs: AbstractFileSystem, path: str, **kwargs: Any) -> None:
         kwargs.setdefault("protocol", pickle.HIGHEST_PROTOCOL)
-        with fs.open(path, "wb") as f:
+        with open(path, "wb") if is_local(fs) else fs.open(path, "wb") as f:
             pickle.dump(value, f, **kwargs)
 
     def load(self, fs: AbstractFileSystem, path: str, **kwargs: Any) -> Any:
-        with fs.open(path, "rb") as f:
+        with open(path, "rb") if is_local(fs) else fs.open(path, "rb") as f:
             return pickle.load(f, **kwargs)
 
 
@@ -57,11 +66,11 @@ class JoblibSerializer(Serializer):
     def dump(self, value: Any, fs: AbstractFileSystem, path: str, **kwargs: Any) -> None:
         import joblib
 
-        with fs.open(path, "wb") as f:
+        with open(path, "wb") if is_local(fs) else fs.open(path, "wb") as f:
             joblib.dump(value, f, **kwargs)
 
     def load(self, fs: AbstractFileSystem, path: str, **kwargs: Any) -> Any:
         import joblib
 
-        with fs.open(path, "rb") as f:
+        with open(path, "rb") if is_local(fs) else fs.open(path, "rb") as f:
             return joblib.load(f, **kwargs)
