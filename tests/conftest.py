@@ -13,7 +13,13 @@ import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from tests.helpers import CLI_ENV_VARS
-from tests.s3 import moto_endpoint, s3_bucket, s3_storage_options  # noqa: F401 (S3 fixtures)
+from tests.s3 import (  # noqa: F401 (S3 fixtures)
+    index_url,
+    moto_endpoint,
+    s3_bucket,
+    s3_storage_options,
+    s3_store,
+)
 from xpersist_sql import CacheStore
 
 # The session's temporary Prefect server (fixture ``prefect_server``); it also isolates Prefect's

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -71,3 +75,35 @@ def install_wheel_in_fresh_venv(wheel: Path, venv: Path) -> tuple[Path, str]:
         check=True,
     )  # fmt: skip
     return python, site
+
+
+def run_until_killed(
+    ctx: Any,
+    target: Callable[..., None],
+    args: tuple[Any, ...],
+    *,
+    kills_itself: bool,
+    delay: float = 0,
+    timeout: float = 120,
+) -> float:
+    """Run ``target(*args, ready)`` in a child process and end it with SIGKILL.
+
+    ``target`` sends ``"go"`` on the pipe end ``ready`` when it starts (and ``"done"`` if it
+    finishes its work). Unless it ``kills_itself`` (at an injected step), it is killed
+    ``delay`` seconds after it started. Returns the seconds from its start to its end.
+    """
+    receiver, sender = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=target, args=(*args, sender))
+    proc.start()
+    sender.close()
+    assert receiver.poll(timeout), "the writer did not start"
+    assert receiver.recv() == "go"
+    start = time.perf_counter()
+    if not kills_itself:
+        if receiver.poll(delay):
+            receiver.recv()  # it finished before the kill
+        proc.kill()
+    proc.join(timeout)
+    receiver.close()
+    assert proc.exitcode == -signal.SIGKILL
+    return time.perf_counter() - start

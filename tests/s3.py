@@ -5,7 +5,10 @@ The fixtures here are imported by ``tests/conftest.py``:
 - ``moto_endpoint`` (session): starts ``python -m moto.server`` on a free port of 127.0.0.1,
   waits until it answers HTTP, yields its URL and stops it at the end of the session;
 - ``s3_storage_options``: the fsspec/s3fs options reaching it (fake credentials);
-- ``s3_bucket``: a fresh, uniquely named bucket per test, removed afterwards.
+- ``s3_bucket``: a fresh, uniquely named bucket per test, removed afterwards;
+- ``index_url``: the index of an S3 store, on the parametrised backend (a SQLite file on this
+  machine, or PostgreSQL);
+- ``s3_store``: a factory of stores on ``s3://<bucket>/cache`` sharing that index.
 """
 
 from __future__ import annotations
@@ -18,10 +21,13 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+
+from xpersist_sql import CacheStore
 
 S3_HINT = "S3 tests need moto[server] and s3fs: pip install -e '.[test]'"
 START_TIMEOUT = 60.0
@@ -117,3 +123,33 @@ def s3_bucket(s3_storage_options: dict[str, Any]) -> Iterator[str]:
         fs.invalidate_cache()
         if fs.exists(name):
             fs.rm(name, recursive=True)
+
+
+@pytest.fixture
+def index_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The index of the S3 store: a SQLite file on this machine, or PostgreSQL."""
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path / 'index.sqlite'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+def s3_store(
+    s3_bucket: str, s3_storage_options: dict[str, Any], index_url: str
+) -> Iterator[Callable[..., CacheStore]]:
+    """Factory of stores on ``s3://<bucket>/cache`` sharing one index."""
+    created: list[CacheStore] = []
+
+    def make(**kwargs: Any) -> CacheStore:
+        store = CacheStore(
+            f"s3://{s3_bucket}/cache",
+            database_url=index_url,
+            storage_options=s3_storage_options,
+            **kwargs,
+        )
+        created.append(store)
+        return store
+
+    yield make
+    for store in created:
+        store.close()

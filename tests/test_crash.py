@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
+from tests.helpers import run_until_killed
 from xpersist_sql import ArtifactNotFoundError, CacheStore
 from xpersist_sql import storage as storage_module
 from xpersist_sql.storage import HIDDEN_DIR, PayloadStorage
@@ -107,21 +108,14 @@ def run_writer(
     store: CacheStore, version: int, *, step: str | None = None, delay: float = 0
 ) -> float:
     """Run one writer; SIGKILL it ``delay`` seconds after it starts (``step``: it kills itself)."""
-    receiver, sender = CTX.Pipe(duplex=False)
-    proc = CTX.Process(target=_writer, args=(store, version, step, sender))
-    proc.start()
-    sender.close()
-    assert receiver.poll(60), "the writer did not start"
-    assert receiver.recv() == "go"
-    start = time.perf_counter()
-    if step is None:
-        if receiver.poll(delay):
-            receiver.recv()  # it finished before the kill
-        proc.kill()
-    proc.join(60)
-    receiver.close()
-    assert proc.exitcode == -signal.SIGKILL
-    return time.perf_counter() - start
+    return run_until_killed(
+        CTX,
+        _writer,
+        (store, version, step),
+        kills_itself=step is not None,
+        delay=delay,
+        timeout=60,
+    )
 
 
 # -- checks ------------------------------------------------------------------------------------

@@ -9,8 +9,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import pickle
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import fsspec
@@ -29,36 +28,6 @@ from xpersist_sql import (
 )
 
 S3Store = Callable[..., CacheStore]
-
-
-@pytest.fixture
-def index_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The index of the S3 store: a SQLite file on this machine, or PostgreSQL."""
-    if backend == "sqlite":
-        return f"sqlite:///{tmp_path / 'index.sqlite'}"
-    return str(request.getfixturevalue("postgres_url"))
-
-
-@pytest.fixture
-def s3_store(
-    s3_bucket: str, s3_storage_options: dict[str, Any], index_url: str
-) -> Iterator[Callable[..., CacheStore]]:
-    """Factory of stores on ``s3://<bucket>/cache`` sharing one index."""
-    created: list[CacheStore] = []
-
-    def make(**kwargs: Any) -> CacheStore:
-        store = CacheStore(
-            f"s3://{s3_bucket}/cache",
-            database_url=index_url,
-            storage_options=s3_storage_options,
-            **kwargs,
-        )
-        created.append(store)
-        return store
-
-    yield make
-    for store in created:
-        store.close()
 
 
 def bucket_fs(options: dict[str, Any]) -> Any:

@@ -15,8 +15,7 @@ import os
 import random
 import signal
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import fsspec
@@ -24,6 +23,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
+from tests.helpers import run_until_killed
 from xpersist_sql import ArtifactNotFoundError, CacheStore, PayloadMissingError
 from xpersist_sql.storage import PayloadStorage
 
@@ -33,36 +33,6 @@ RANDOM_KILLS = 6
 CTX = multiprocessing.get_context("spawn")
 
 S3Store = Callable[..., CacheStore]
-
-
-@pytest.fixture
-def index_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The index of the S3 store: a SQLite file on this machine, or PostgreSQL."""
-    if backend == "sqlite":
-        return f"sqlite:///{tmp_path / 'index.sqlite'}"
-    return str(request.getfixturevalue("postgres_url"))
-
-
-@pytest.fixture
-def s3_store(
-    s3_bucket: str, s3_storage_options: dict[str, Any], index_url: str
-) -> Iterator[S3Store]:
-    """Factory of stores on ``s3://<bucket>/cache`` sharing one index."""
-    created: list[CacheStore] = []
-
-    def make(**kwargs: Any) -> CacheStore:
-        store = CacheStore(
-            f"s3://{s3_bucket}/cache",
-            database_url=index_url,
-            storage_options=s3_storage_options,
-            **kwargs,
-        )
-        created.append(store)
-        return store
-
-    yield make
-    for store in created:
-        store.close()
 
 
 def dataset(version: int) -> xr.Dataset:
@@ -140,21 +110,14 @@ def run_writer(
     store: CacheStore, version: int, *, step: str | None = None, delay: float = 0
 ) -> float:
     """Run one writer; SIGKILL it ``delay`` s after it starts (``step``: it kills itself)."""
-    receiver, sender = CTX.Pipe(duplex=False)
-    proc = CTX.Process(target=_writer, args=(store, version, step, sender))
-    proc.start()
-    sender.close()
-    assert receiver.poll(120), "the writer did not start"
-    assert receiver.recv() == "go"
-    start = time.perf_counter()
-    if step is None:
-        if receiver.poll(delay):
-            receiver.recv()  # it finished before the kill
-        proc.kill()
-    proc.join(120)
-    receiver.close()
-    assert proc.exitcode == -signal.SIGKILL
-    return time.perf_counter() - start
+    return run_until_killed(
+        CTX,
+        _writer,
+        (store, version, step),
+        kills_itself=step is not None,
+        delay=delay,
+        timeout=120,
+    )
 
 
 # -- checks ------------------------------------------------------------------------------------

@@ -24,6 +24,14 @@ def pstore(tmp_path: Path) -> Iterator[CacheStore]:
     store.close()
 
 
+@pytest.fixture
+def db_store(tmp_path: Path, database_url: str | None) -> Iterator[CacheStore]:
+    """A store on local disk indexed by SQLite or PostgreSQL (parametrised)."""
+    store = CacheStore(tmp_path / "cache", database_url=database_url)
+    yield store
+    store.close()
+
+
 class LogRecords:
     """Messages logged by Prefect task runs during a test."""
 

@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 from prefect import flow
 
 from xpersist_sql import Artifact, CacheStore
 from xpersist_sql.prefect import xpersist_task
 from xpersist_sql.provenance import code_hash, combine
-
-
-@pytest.fixture
-def db_store(tmp_path: Path, database_url: str | None) -> Iterator[CacheStore]:
-    """A store on local disk indexed by SQLite or PostgreSQL (parametrised)."""
-    store = CacheStore(tmp_path / "cache", database_url=database_url)
-    yield store
-    store.close()
 
 
 def _pipeline(store: CacheStore) -> tuple[Any, Any, Any, Any]:

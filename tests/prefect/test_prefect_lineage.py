@@ -7,25 +7,14 @@ On SQLite and PostgreSQL (``database_url`` is parametrised; PostgreSQL runs when
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 import xarray as xr
 from prefect import flow, task, unmapped
 
 from xpersist_sql import CacheStore
 from xpersist_sql.prefect import xpersist_task
-
-
-@pytest.fixture
-def db_store(tmp_path: Path, database_url: str | None) -> Iterator[CacheStore]:
-    """A store on local disk indexed by SQLite or PostgreSQL (parametrised)."""
-    store = CacheStore(tmp_path / "cache", database_url=database_url)
-    yield store
-    store.close()
 
 
 def _created(store: CacheStore) -> dict[str, Any]:

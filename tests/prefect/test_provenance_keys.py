@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,14 +56,6 @@ args = {
 }
 print(json.dumps({"all": hash_inputs(args), **{k: hash_inputs({k: v}) for k, v in args.items()}}))
 """
-
-
-@pytest.fixture
-def db_store(tmp_path: Path, database_url: str | None) -> Iterator[CacheStore]:
-    """A store on local disk indexed by SQLite or PostgreSQL (parametrised)."""
-    store = CacheStore(tmp_path / "cache", database_url=database_url)
-    yield store
-    store.close()
 
 
 def _hash_in_subprocess(seed: str) -> dict[str, str]:

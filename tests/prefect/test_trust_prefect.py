@@ -24,14 +24,6 @@ from xpersist_sql import CacheStore, MissingDependencyError
 from xpersist_sql.prefect import xpersist_task
 
 
-@pytest.fixture
-def db_store(tmp_path: Path, database_url: str | None) -> Any:
-    """A store on the parametrised backend (SQLite file or PostgreSQL)."""
-    store = CacheStore(tmp_path / "cache", database_url=database_url)
-    yield store
-    store.close()
-
-
 @pytest.mark.parametrize("declared", ["json", "auto"])
 def test_a_co_writers_pickle_under_the_tasks_key_is_a_miss_and_runs_nothing(
     db_store: CacheStore, tmp_path: Path, task_logs: Any, declared: str

@@ -27,6 +27,7 @@ from typing import Any
 from prefect.context import FlowRunContext, TaskRunContext
 
 from ..errors import XpersistSQLError
+from ..explain import CONTEXT_NAMES
 from ..provenance import combine, components
 
 __all__ = [
@@ -39,21 +40,7 @@ __all__ = [
 ]
 
 #: The names a target template may use, as in Prefect 1.
-TEMPLATE_NAMES: tuple[str, ...] = (
-    "date",
-    "today",
-    "yesterday",
-    "tomorrow",
-    "flow_name",
-    "flow_run_id",
-    "flow_run_name",
-    "task_name",
-    "task_run_id",
-    "task_run_name",
-    "task_tags",
-    "parameters",
-    "inputs_hash",
-)
+TEMPLATE_NAMES: tuple[str, ...] = ("date", *CONTEXT_NAMES, "parameters", "inputs_hash")
 #: The template name computed only when a target uses it (hashing may read large values).
 INPUTS_HASH = "inputs_hash"
 #: The ``additional_metadata`` name of the per-argument hashes the inputs hash combines.
