@@ -26,6 +26,7 @@ from xpersist_sql.db import engine as engine_module
 from xpersist_sql.db.engine import sqlite_readers
 from xpersist_sql.db.queries import artifacts_from_rows
 from xpersist_sql.db.tables import ARTIFACTS
+from xpersist_sql.errors import OverlappingKeyError
 
 
 def _readers(store: CacheStore) -> engine_module.SQLiteReaders:
@@ -297,3 +298,133 @@ def test_postgres_checkouts_ping_only_idle_connections(
         assert store.keys() == ["a.json", "b.json"]
     finally:
         store.close()
+
+
+# -- writes: statements compiled once, run on the transaction's driver cursor ----------------------
+_ROW_SQL = (
+    "SELECT store_id, serializer, load_kwargs, dump_kwargs, additional_metadata, created_at, "
+    "size_bytes, checksum, fingerprint, expires_at, versions, flow_name, task_name, flow_run_id, "
+    "task_run_id, last_accessed_at FROM xpersist_artifacts WHERE id = :id"
+)
+_CHILD_SQL = {
+    "tags": "SELECT tag, created_at FROM xpersist_artifact_tags WHERE artifact_id = :id "
+    "ORDER BY tag",
+    "parameters": "SELECT name, value, created_at FROM xpersist_artifact_parameters "
+    "WHERE artifact_id = :id ORDER BY name",
+    "edges": "SELECT parent_store, parent_key, parent_created_at, parent_fingerprint, "
+    "parent_checksum FROM xpersist_artifact_edges WHERE artifact_id = :id ORDER BY parent_key",
+}
+
+
+def _stored(store: CacheStore, row_id: int) -> dict[str, list[tuple[Any, ...]]]:
+    """The row and its child rows as the database holds them (no type processing)."""
+    with store.engine.connect() as conn:
+        found = {"row": [tuple(r) for r in conn.execute(sa.text(_ROW_SQL), {"id": row_id})]}
+        for name, sql in _CHILD_SQL.items():
+            found[name] = [tuple(r) for r in conn.execute(sa.text(sql), {"id": row_id})]
+    return found
+
+
+def _row_id(store: CacheStore, key: str) -> int:
+    with store.engine.connect() as conn:
+        found = conn.execute(
+            sa.text("SELECT id FROM xpersist_artifacts WHERE key = :key"), {"key": key}
+        ).scalar_one()
+    return int(found)
+
+
+def _reference_write(store: CacheStore, artifact: Artifact, row_id: int | None) -> int:
+    """Write ``artifact`` as the SQLAlchemy Core path did: ``insert().values()`` / ``update``."""
+    from xpersist_sql.db.index import edges_of, parameters_of, tags_of
+    from xpersist_sql.db.tables import EDGES, PARAMETERS, TAGS
+
+    index = store._backend.index()
+    assert index is not None
+    values = index._values(artifact)
+    metadata = artifact.additional_metadata
+    with index.write() as conn:
+        if row_id is None:
+            stmt = sa.insert(ARTIFACTS).values(values).returning(ARTIFACTS.c.id)
+            row_id = int(conn.execute(stmt).scalar_one())
+        else:
+            conn.execute(sa.update(ARTIFACTS).where(ARTIFACTS.c.id == row_id).values(values))
+            for table in (TAGS, PARAMETERS, EDGES):
+                conn.execute(sa.delete(table).where(table.c.artifact_id == row_id))
+        created = artifact.created_at
+        tags = [{"artifact_id": row_id, "tag": t, "created_at": created} for t in tags_of(metadata)]
+        params = [
+            {"artifact_id": row_id, "name": n, "value": v, "created_at": created}
+            for n, v in parameters_of(metadata).items()
+        ]
+        edges = [{"artifact_id": row_id, **edge} for edge in edges_of(metadata)]
+        for table, rows in ((TAGS, tags), (PARAMETERS, params), (EDGES, edges)):
+            if rows:
+                conn.execute(sa.insert(table), rows)
+    return row_id
+
+
+def test_compiled_writes_store_what_sqlalchemy_would(
+    make_store: Callable[..., CacheStore],
+) -> None:
+    store = make_store(on_duplicate_key="overwrite")
+    store.put("parent.json", {"p": 1}, serializer="json")
+    metadata: dict[str, Any] = {
+        "flow_name": "f",
+        "task_name": "t" * 600,  # shortened with its digest
+        "flow_run_id": "run-1",
+        "task_tags": ["x", "y"],
+        "tags": ["z", "x"],
+        "parameter_values": {"member": 2, "name": "ctrl", "when": [1.5, None, "\u00e9"]},
+        "nested": {"a": [1, 2.5, None, "\u00e9\U0001f600", True]},
+    }
+    first = store.put(
+        "child.json",
+        {"v": 1},
+        serializer="json",
+        dump_kwargs={"indent": 1},
+        additional_metadata=metadata,
+        ttl="1d",
+        derived_from=["parent.json"],
+    )
+    put_id = _row_id(store, "child.json")
+    ref_id = _reference_write(store, first.model_copy(update={"key": "ref.json"}), None)
+    written = _stored(store, put_id)
+    assert written["row"] and written["tags"] and written["parameters"] and written["edges"]
+    assert written == _stored(store, ref_id)
+    assert store.get_artifact("child.json") == first
+
+    # replace: the row is updated in place, its child rows rewritten in the same transaction
+    again = store.put(
+        "child.json",
+        {"v": 2},
+        serializer="json",
+        additional_metadata={"tags": ["only"], "parameter_values": {"member": 3}},
+    )
+    assert _row_id(store, "child.json") == put_id
+    _reference_write(store, again.model_copy(update={"key": "ref.json"}), ref_id)
+    rewritten = _stored(store, put_id)
+    assert rewritten == _stored(store, ref_id)
+    assert rewritten["edges"] == [] and [t[0] for t in rewritten["tags"]] == ["only"]
+    assert store.get_artifact("child.json") == again
+
+    # delete: the row and every child row go
+    store.delete("child.json")
+    assert _stored(store, put_id) == {"row": [], "tags": [], "parameters": [], "edges": []}
+
+
+def test_puts_reuse_one_write_connection_per_thread(sqlite_store: CacheStore) -> None:
+    store = sqlite_store
+    writers = engine_module.sqlite_writers(store.engine)
+    assert writers is not None
+    store.put("b.json", {"b": 1}, serializer="json")
+    conn = writers.connection()
+    store.put("c.json", {"c": 1}, serializer="json")
+    store.delete("b.json")
+    assert writers.connection() is conn and not conn.in_transaction
+    # a put failing inside its transaction (the overlap check) rolls back, keeps the writer
+    with pytest.raises(OverlappingKeyError):
+        store.put("a.json/d.json", {"d": 1}, serializer="json")
+    assert writers.connection() is conn and not conn.in_transaction
+    assert store.keys() == ["a.json", "c.json"]
+    store.close()
+    assert writers.open_connections == 0

@@ -86,7 +86,14 @@ def _worker(
     args: tuple[str, str | None, str, int, Any, dict[str, Any] | None, int],
 ) -> dict[str, Any]:
     path, url, policy, worker, barrier, options, operations = args
-    store = CacheStore(path, database_url=url, on_duplicate_key=policy, storage_options=options)
+    # The workers write pickles that the others read: they trust one another (see trust.py)
+    store = CacheStore(
+        path,
+        database_url=url,
+        on_duplicate_key=policy,
+        storage_options=options,
+        trusted_serializers=["joblib", "pickle"],
+    )
     rng = random.Random(f"{policy}-{worker}")
     keys = round_keys(policy)
     churn_key = f"{policy}/{CHURN}"
@@ -209,6 +216,7 @@ def run_stress(
                 database_url=database_url,
                 on_duplicate_key=policy,
                 storage_options=storage_options,
+                trusted_serializers=["joblib", "pickle"],  # what the workers wrote
             )
             if root is not None:
                 # An object store has no exclusive create: first puts racing on a new store

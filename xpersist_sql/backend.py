@@ -27,12 +27,12 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Engine
 from sqlalchemy import exc as sa_exc
 
 from .db.access import AccessLog
 from .db.engine import create_index_engine, redact_url, sqlite_path
-from .db.index import ArtifactIndex
+from .db.index import ArtifactIndex, WriteConnection
 from .db.locks import KeyLock, key_lock
 from .db.schema import ensure_schema, schema_state, upgrade_command
 from .db.stores import find_store, register_store, set_store_root, stores_at_root
@@ -320,11 +320,16 @@ class StoreBackend:
 
     # -- the write protocol ------------------------------------------------------------------------
     @contextlib.contextmanager
-    def transact(self, index: ArtifactIndex) -> Iterator[tuple[Connection, Changes]]:
-        """Open a write transaction; purge what it displaced after COMMIT, restore on failure."""
+    def transact(self, index: ArtifactIndex) -> Iterator[tuple[WriteConnection, Changes]]:
+        """Open a write transaction; purge what it displaced after COMMIT, restore on failure.
+
+        It runs the index's compiled writes only (:meth:`ArtifactIndex.write_driver
+        <xpersist_sql.db.index.ArtifactIndex.write_driver>`: on SQLite, this thread's write
+        connection).
+        """
         changes = Changes()
         try:
-            with index.write() as conn:
+            with index.write_driver() as conn:
                 yield conn, changes
         except BaseException:
             for trash, key in reversed(changes.displaced):
@@ -355,7 +360,7 @@ class StoreBackend:
     def _write_lock(self, key: str) -> KeyLock:
         return key_lock(self.engine, WRITE_LOCK_PREFIX + key, store=self.storage.url())
 
-    def _overlap(self, index: ArtifactIndex, conn: Connection, key: str) -> None:
+    def _overlap(self, index: ArtifactIndex, conn: WriteConnection, key: str) -> None:
         conflict = index.conflicting_key(conn, key)
         if conflict is None:
             return
@@ -373,7 +378,7 @@ class StoreBackend:
     def _record_row(
         self,
         index: ArtifactIndex,
-        conn: Connection,
+        conn: WriteConnection,
         artifact: Artifact,
         decide: Callable[[Artifact], Artifact | None],
     ) -> tuple[int, Artifact | None]:
@@ -473,7 +478,7 @@ class StoreBackend:
             displaced = storage.take(key)
             try:
                 artifact = produce(storage.path(key))
-                with index.write() as conn:
+                with index.write_driver() as conn:
                     self._overlap(index, conn, key)
                     _artifact_id, kept = self._record_row(index, conn, artifact, decide)
                     if kept is not None:
@@ -543,7 +548,7 @@ class StoreBackend:
         index = self.index()
         if index is None:
             return False
-        with index.write() as conn:
+        with index.write_driver() as conn:
             found = index.fetch(conn, key, for_update=True)
             if found is None or self.storage.exists(key):
                 return False
@@ -593,7 +598,7 @@ class StoreBackend:
         storage = self.storage
         path = storage.path(artifact.key)
         try:
-            with index.write() as conn:
+            with index.write_driver() as conn:
                 found = index.fetch(conn, artifact.key, for_update=True)
                 if found is None or found[1] != artifact:
                     return
@@ -626,7 +631,7 @@ class StoreBackend:
         if self.readonly:  # neither takes write locks nor repairs: only waits, if it can
             self._wait_for_writer(key)
             return
-        with self.writing(key), index.write() as conn:
+        with self.writing(key), index.write_driver() as conn:
             found = index.fetch(conn, key, for_update=True)
             if found is None:
                 return

@@ -354,10 +354,11 @@ class PayloadStorage:
         """
         staging = self.internal_dir("staging")
         if self.is_local:
-            os.makedirs(staging, exist_ok=True)
+            if not os.path.isdir(staging):  # one stat once it exists
+                os.makedirs(staging, exist_ok=True)
         else:
             self.fs.makedirs(staging, exist_ok=True)
-        entry = f"{key_tag(key)}-{uuid.uuid4().hex}"
+        entry = f"{key_tag(key)}-{os.urandom(16).hex()}"  # as uuid4().hex: 32 random hex digits
         name = posixpath.basename(key)
         flat = f"{entry}-{name}"
         if len(flat.encode("utf-8", "surrogatepass")) <= MAX_SEGMENT_BYTES:
@@ -390,6 +391,8 @@ class PayloadStorage:
         """Remove a staging path (and its per-write directory, where it has one)."""
         parent = posixpath.dirname(staged)
         if parent.rstrip("/") == self.internal_dir("staging").rstrip("/"):
+            if self.is_local and not os.path.lexists(staged):
+                return  # published (renamed away): nothing left to remove
             self.purge(staged)
         else:
             self.purge(parent)
@@ -405,6 +408,12 @@ class PayloadStorage:
         if self.is_local:
             info = os.lstat(path)
             os.utime(path, ns=(info.st_atime_ns, _nonce_ns()), follow_symlinks=False)
+            after = os.lstat(path)
+            if stat_module.S_ISREG(after.st_mode):
+                # one file: its stat and identity from this one lstat (as stat/identity read it)
+                stat = self._walk({"": {"size": after.st_size, "mtime": after.st_mtime}})
+                identity = f"{after.st_ino:x}:{after.st_mtime_ns:x}"
+                return PayloadStat(stat.size_bytes, stat.fingerprint, identity)
             stat = self.stat(path)
             return PayloadStat(stat.size_bytes, stat.fingerprint, self.identity(path))
         self._refresh(path)
@@ -507,14 +516,17 @@ class PayloadStorage:
         final = self.check_path(key)
         trash: str | None = None
         if self.is_local:
-            try:
-                os.makedirs(os.path.dirname(final), exist_ok=True)
-            except (FileExistsError, NotADirectoryError):
-                raise UnsafePathError(
-                    f"cannot write key {key!r} in store {self.url()!r}: a file that is not a "
-                    "stored payload lies on its path; remove it or use another key"
-                ) from None
-            self.check_path(key)  # nothing swapped a link in while the directories were made
+            parent = os.path.dirname(final)
+            # check_path found no link on the way: an existing parent needs no directory made
+            if not os.path.isdir(parent):
+                try:
+                    os.makedirs(parent, exist_ok=True)
+                except (FileExistsError, NotADirectoryError):
+                    raise UnsafePathError(
+                        f"cannot write key {key!r} in store {self.url()!r}: a file that is not "
+                        "a stored payload lies on its path; remove it or use another key"
+                    ) from None
+                self.check_path(key)  # nothing swapped a link in while they were made
             if os.path.lexists(final):
                 self._refuse_store(key, final)
                 trash = self._trash_path(key)

@@ -34,6 +34,7 @@ __all__ = [
     "redact_url",
     "sqlite_path",
     "sqlite_readers",
+    "sqlite_writers",
 ]
 
 #: The environment variable holding the default index URL.
@@ -298,6 +299,36 @@ def _reader_creator(db_file: Path, *, readonly: bool) -> Callable[[], sqlite3.Co
     return connect
 
 
+def _writer_creator(db_file: Path) -> Callable[[], sqlite3.Connection]:
+    """Return a factory of this thread's write connection (see :func:`sqlite_writers`).
+
+    Set up as the engine's connections are (busy timeout, WAL, ``synchronous = NORMAL``,
+    foreign keys) and in autocommit: the writer issues ``BEGIN IMMEDIATE`` and ``COMMIT``
+    itself. The existing file is opened read-write (``mode=rw``: never created).
+    """
+    timeout = SQLITE_BUSY_TIMEOUT_MS / 1000
+    uri = f"file:{quote(db_file.resolve().as_posix())}?mode=rw"
+
+    def connect() -> sqlite3.Connection:
+        conn = sqlite3.connect(uri, uri=True, timeout=timeout, check_same_thread=False)
+        try:
+            conn.isolation_level = None
+            cursor = conn.cursor()
+            try:
+                cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+                _enable_wal(cursor)
+                cursor.execute("PRAGMA synchronous = NORMAL")
+                cursor.execute("PRAGMA foreign_keys = ON")
+            finally:
+                cursor.close()
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    return connect
+
+
 #: Connections opened by a parent process, seen in a forked child: never used nor closed there
 #: (closing them could disturb the parent's database), only kept from the garbage collector.
 _INHERITED: list[sqlite3.Connection] = []
@@ -393,6 +424,7 @@ class SQLiteReaders:
 
 
 _READERS: weakref.WeakKeyDictionary[Engine, SQLiteReaders] = weakref.WeakKeyDictionary()
+_WRITERS: weakref.WeakKeyDictionary[Engine, SQLiteReaders] = weakref.WeakKeyDictionary()
 
 
 def sqlite_readers(engine: Engine) -> SQLiteReaders | None:
@@ -404,13 +436,34 @@ def sqlite_readers(engine: Engine) -> SQLiteReaders | None:
     return _READERS.get(engine)
 
 
-def _attach_readers(engine: Engine, connect: Callable[[], sqlite3.Connection]) -> None:
+def sqlite_writers(engine: Engine) -> SQLiteReaders | None:
+    """Return the per-thread write connections of a writable engine on a SQLite file, else None.
+
+    The same holder as :func:`sqlite_readers` (one connection per thread, kept open, closed
+    with the engine, never used across a fork), but its connections write: a put runs its
+    transaction there (``BEGIN IMMEDIATE`` ... ``COMMIT``, see
+    :meth:`~xpersist_sql.db.index.ArtifactIndex.write_driver`) instead of checking a
+    connection out of the pool.
+    """
+    return _WRITERS.get(engine)
+
+
+def _attach_readers(
+    engine: Engine,
+    connect: Callable[[], sqlite3.Connection],
+    write: Callable[[], sqlite3.Connection] | None = None,
+) -> None:
     readers = SQLiteReaders(connect)
     _READERS[engine] = readers
+    writers = None if write is None else SQLiteReaders(write)
+    if writers is not None:
+        _WRITERS[engine] = writers
 
     @event.listens_for(engine, "engine_disposed")
     def _on_dispose(_engine: Engine) -> None:
         readers.close()
+        if writers is not None:
+            writers.close()
 
 
 def _sqlite_engine(url: URL, *, readonly: bool = False) -> Engine:
@@ -468,7 +521,7 @@ def _sqlite_engine(url: URL, *, readonly: bool = False) -> Engine:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     if db_file is not None:
-        _attach_readers(engine, _reader_creator(db_file, readonly=False))
+        _attach_readers(engine, _reader_creator(db_file, readonly=False), _writer_creator(db_file))
     return engine
 
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import json
 import sqlite3
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, NoReturn
 
 from sqlalchemy import (
+    JSON,
     Connection,
     Dialect,
     Engine,
@@ -30,19 +32,21 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ..lineage import parents_of
 from ..models import Artifact
 from ..parameters import PARAMETER_VALUES, parameter_index_text
 from ..query import ArtifactQuery, SummaryRow
-from .engine import WRITE_OPTION, sqlite_readers
+from .engine import WRITE_OPTION, sqlite_readers, sqlite_writers
 from .queries import (
     ARTIFACT_FIELDS,
     CompiledSelect,
     artifact_columns,
     artifacts_from_rows,
     compile_query,
+    sqlite_value,
     summarize,
 )
 from .tables import (
@@ -60,6 +64,7 @@ from .tables import (
 
 __all__ = [
     "ArtifactIndex",
+    "WriteConnection",
     "edges_of",
     "key_prefixes",
     "parameters_of",
@@ -69,6 +74,10 @@ __all__ = [
 ]
 
 TAG_FIELDS = ("task_tags", "tags")
+
+#: What the writes of a put run in: a SQLAlchemy connection in a write transaction, or this
+#: thread's SQLite write connection in its ``BEGIN IMMEDIATE`` (:meth:`ArtifactIndex.write_driver`).
+WriteConnection = Connection | sqlite3.Connection
 
 
 def promoted_columns(metadata: Mapping[str, Any]) -> dict[str, str | None]:
@@ -189,6 +198,131 @@ def _compiled(dialect: Dialect) -> dict[str, CompiledSelect]:
     }
 
 
+#: The columns a write sets: the artifact's fields, the promoted query columns, the store.
+ROW_COLUMNS = (*ARTIFACT_FIELDS, *INDEXED_TEXT_LENGTHS, "store_id")
+_CHILD_COLUMNS = {
+    "tags": (TAGS, ("artifact_id", "tag", "created_at")),
+    "parameters": (PARAMETERS, ("artifact_id", "name", "value", "created_at")),
+    "edges": (
+        EDGES,
+        (
+            "artifact_id",
+            "parent_store",
+            "parent_key",
+            "parent_created_at",
+            "parent_fingerprint",
+            "parent_checksum",
+        ),
+    ),
+}
+#: Columns whose values SQLAlchemy binds as JSON text on SQLite (``json.dumps``).
+_JSON_PARAMS = frozenset(
+    column.name for column in ARTIFACTS.c if isinstance(column.type, JSON)
+) | frozenset(f"v_{column.name}" for column in ARTIFACTS.c if isinstance(column.type, JSON))
+
+
+def _write_statements(dialect: str) -> dict[str, tuple[Any, tuple[str, ...] | None]]:
+    """Return the writes of a put: ``name -> (statement, column keys it sets or None)``.
+
+    Bound parameters are named by the columns they set (``INSERT``) or ``v_<column>``
+    (``UPDATE``'s ``SET``), the row and store as ``w_id`` and ``w_store_id``.
+    """
+    c = ARTIFACTS.c
+    conflict = [c.store_id, c.key]
+    if dialect == "postgresql":
+        add: Any = postgresql.insert(ARTIFACTS).on_conflict_do_nothing(index_elements=conflict)
+    elif dialect == "sqlite":
+        add = sqlite.insert(ARTIFACTS).on_conflict_do_nothing(index_elements=conflict)
+    else:  # pragma: no cover - other backends are not supported yet
+        add = insert(ARTIFACTS)
+    mine = c.store_id == bindparam("w_store_id")
+    fetch = select(c.id, *artifact_columns(dialect)).where(mine, c.key == bindparam("w_key"))
+    statements: dict[str, tuple[Any, tuple[str, ...] | None]] = {
+        "insert": (add.returning(c.id), ROW_COLUMNS),
+        "replace": (
+            update(ARTIFACTS)
+            .where(mine, c.id == bindparam("w_id"))
+            .values({name: bindparam(f"v_{name}") for name in ROW_COLUMNS}),
+            None,
+        ),
+        "update_stat": (
+            update(ARTIFACTS)
+            .where(mine, c.id == bindparam("w_id"))
+            .values(size_bytes=bindparam("v_size_bytes"), fingerprint=bindparam("v_fingerprint")),
+            None,
+        ),
+        "remove": (delete(ARTIFACTS).where(mine, c.id == bindparam("w_id")), None),
+        "fetch": (fetch, None),
+        "fetch_for_update": (
+            fetch.with_for_update() if dialect == "postgresql" else fetch,
+            None,
+        ),
+    }
+    for name, (table, columns) in _CHILD_COLUMNS.items():
+        statements[f"add_{name}"] = (insert(table), columns)
+        statements[f"clear_{name}"] = (
+            delete(table).where(table.c.artifact_id == bindparam("w_id")),
+            None,
+        )
+    return statements
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_writes(dialect: Dialect) -> dict[str, CompiledSelect]:
+    """Return the writes of a put compiled once per dialect (engine)."""
+    return {
+        name: CompiledSelect.of(stmt, dialect, keys)
+        for name, (stmt, keys) in _write_statements(dialect.name).items()
+    }
+
+
+def _conflict_statement(prefixes: int) -> Select[Any]:
+    """Return the overlap check of a key with ``prefixes`` proper prefixes (``p0``...)."""
+    c = ARTIFACTS.c
+    inside = (c.key >= bindparam("lo")) & (c.key < bindparam("hi"))
+    names: list[Any] = [bindparam(f"p{i}") for i in range(prefixes)]
+    condition = or_(c.key.in_(names), inside) if names else inside
+    return select(c.key).where(c.store_id == bindparam("w_store_id"), condition).limit(1)
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled_conflict(dialect: Dialect, prefixes: int) -> CompiledSelect:
+    return CompiledSelect.of(_conflict_statement(prefixes), dialect)
+
+
+def _sqlite_params(compiled: CompiledSelect, params: Mapping[str, Any]) -> tuple[Any, ...]:
+    """Positional parameters of a compiled write, bound as SQLAlchemy binds them on SQLite.
+
+    JSON columns as ``json.dumps`` text (SQLAlchemy's default serializer), datetimes as naive
+    UTC text (:class:`~xpersist_sql.db.tables.UTCDateTime`), the rest as they are.
+    """
+    assert compiled.names is not None
+    if compiled.defaults:
+        params = {**compiled.defaults, **params}
+    bound = []
+    for name in compiled.names:
+        value = params[name]
+        if name in _JSON_PARAMS:
+            value = "{}" if value.__class__ is dict and not value else json.dumps(value)
+        elif isinstance(value, datetime):
+            value = sqlite_value(value)
+        bound.append(value)
+    return tuple(bound)
+
+
+def _raise_driver_error(sql: str, error: sqlite3.Error, params: Any = ()) -> NoReturn:
+    """Raise a driver error as SQLAlchemy would have (``OperationalError``, ``IntegrityError``)."""
+    raise sa_exc.DBAPIError.instance(sql, params, error, sqlite3.Error) from error
+
+
+def _driver(conn: WriteConnection) -> sqlite3.Connection:
+    """Return the SQLite driver connection a write runs on."""
+    if isinstance(conn, sqlite3.Connection):
+        return conn
+    driver: sqlite3.Connection = conn.connection.driver_connection  # type: ignore[assignment]
+    return driver
+
+
 class ArtifactIndex:
     """The artifact rows of one store in an index database.
 
@@ -211,6 +345,11 @@ class ArtifactIndex:
         self._readers = sqlite_readers(engine)
         # PostgreSQL (psycopg 3): a pooled connection, used in autocommit for one statement
         self._psycopg = dialect.name == "postgresql" and dialect.driver == "psycopg"
+        # the writes of a put, compiled once; on SQLite run on the transaction's driver cursor
+        self._dialect = dialect
+        self._writes = _compiled_writes(dialect)
+        self._sqlite = dialect.name == "sqlite" and dialect.driver == "pysqlite"
+        self._writers = sqlite_writers(engine) if self._sqlite else None
 
     # -- hot reads on the driver -----------------------------------------------------------------
     def _select(self, compiled: CompiledSelect, params: dict[str, Any]) -> Sequence[Any]:
@@ -272,6 +411,54 @@ class ArtifactIndex:
                 yield conn
 
     @contextlib.contextmanager
+    def write_driver(self) -> Iterator[WriteConnection]:
+        """Open a write transaction for the statements of a put, committed on exit.
+
+        The statements: :meth:`conflicting_key`, :meth:`fetch`, :meth:`insert_if_absent` and
+        :meth:`replace`. On a SQLite file it runs on this thread's write connection, kept open
+        (:func:`~xpersist_sql.db.engine.sqlite_writers`): ``BEGIN IMMEDIATE``, the statements,
+        ``COMMIT`` (``ROLLBACK`` if the block raises), as :meth:`write` does through the pool.
+        A driver error is raised as SQLAlchemy's, and the connection is then closed (the next
+        write opens another). Elsewhere (PostgreSQL, a nested write on this thread, a writer
+        that cannot be opened) it is :meth:`write`.
+        """
+        writers = self._writers
+        db: sqlite3.Connection | None = None
+        if writers is not None:
+            try:
+                db = writers.connection()
+            except sqlite3.Error:
+                writers.discard()  # e.g. cannot open: the pool's connection says why
+            if db is not None and db.in_transaction:
+                db = None  # a write already open on this thread (re-entered): not this one
+        if writers is None or db is None:
+            with self.write() as conn:
+                yield conn
+            return
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as error:
+            writers.discard()
+            _raise_driver_error("BEGIN IMMEDIATE", error)
+        try:
+            yield db
+        except BaseException:
+            try:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+            except sqlite3.Error:
+                writers.discard()
+            raise
+        try:
+            db.execute("COMMIT")
+        except sqlite3.Error as error:
+            with contextlib.suppress(sqlite3.Error):
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+            writers.discard()
+            _raise_driver_error("COMMIT", error)
+
+    @contextlib.contextmanager
     def read(self) -> Iterator[Connection]:
         """Open a connection for reads."""
         with self.engine.connect() as conn:
@@ -279,14 +466,19 @@ class ArtifactIndex:
 
     # -- reads -----------------------------------------------------------------------------------
     def fetch(
-        self, conn: Connection, key: str, *, for_update: bool = False
+        self, conn: WriteConnection, key: str, *, for_update: bool = False
     ) -> tuple[int, Artifact] | None:
-        """Return ``(id, artifact)`` for ``key`` (expired or not), or None."""
-        stmt: Select[Any] = select(ARTIFACTS).where(self._mine, ARTIFACTS.c.key == key)
-        if for_update and conn.dialect.name == "postgresql":
-            stmt = stmt.with_for_update()
-        row = conn.execute(stmt).first()
-        return None if row is None else (row.id, row_to_artifact(row))
+        """Return ``(id, artifact)`` for ``key`` (expired or not), or None.
+
+        ``for_update`` locks the row on PostgreSQL (``SELECT ... FOR UPDATE``); a SQLite write
+        transaction holds the database's write lock already.
+        """
+        compiled = self._writes["fetch_for_update" if for_update else "fetch"]
+        rows = self._run(conn, compiled, {"w_store_id": self.store_id, "w_key": key})
+        if not rows:
+            return None
+        row = tuple(rows[0])
+        return int(row[0]), artifacts_from_rows([row[1:]])[0]
 
     def get(self, key: str) -> Artifact | None:
         """Return the artifact stored under ``key`` (expired or not), or None."""
@@ -413,6 +605,41 @@ class ArtifactIndex:
             return [(int(row.id), row_to_artifact(row)) for row in conn.execute(stmt)]
 
     # -- writes (inside a ``write()`` transaction) -----------------------------------------------
+    def _run(
+        self, conn: WriteConnection, compiled: CompiledSelect, params: Mapping[str, Any]
+    ) -> Sequence[Any]:
+        """Run a statement compiled once in the transaction of ``conn``; return its rows.
+
+        On SQLite it runs on the driver's cursor of that connection (inside its ``BEGIN
+        IMMEDIATE``), its parameters bound as SQLAlchemy would bind them; a driver error is
+        raised as SQLAlchemy's. On PostgreSQL it runs through SQLAlchemy.
+        """
+        if self._sqlite:
+            bound = _sqlite_params(compiled, params)
+            driver = _driver(conn)
+            try:
+                return driver.execute(compiled.sql, bound).fetchall()
+            except sqlite3.Error as error:
+                _raise_driver_error(compiled.sql, error, bound)
+        assert isinstance(conn, Connection)
+        result = conn.execute(compiled.statement, dict(params))
+        return result.all() if result.returns_rows else ()
+
+    def _run_many(
+        self, conn: WriteConnection, compiled: CompiledSelect, rows: list[dict[str, Any]]
+    ) -> None:
+        """Run a compiled ``INSERT`` once per row of ``rows`` (``executemany``)."""
+        if self._sqlite:
+            bound = [_sqlite_params(compiled, row) for row in rows]
+            driver = _driver(conn)
+            try:
+                driver.executemany(compiled.sql, bound)
+            except sqlite3.Error as error:
+                _raise_driver_error(compiled.sql, error, bound)
+            return
+        assert isinstance(conn, Connection)
+        conn.execute(compiled.statement, rows)
+
     def _values(self, artifact: Artifact) -> dict[str, Any]:
         values = {field: getattr(artifact, field) for field in ARTIFACT_FIELDS}
         values.update(promoted_columns(artifact.additional_metadata))
@@ -420,7 +647,7 @@ class ArtifactIndex:
         return values
 
     def conflicting_key(
-        self, conn: Connection, key: str, *, include_self: bool = False
+        self, conn: WriteConnection, key: str, *, include_self: bool = False
     ) -> str | None:
         """Return a stored key that contains ``key`` or lies inside it (``a`` vs ``a/b``).
 
@@ -429,7 +656,11 @@ class ArtifactIndex:
         an advisory lock on the key's first path segment in this store, which every key that
         could overlap shares.
         """
-        if conn.dialect.name == "postgresql" and conn.get_execution_options().get(WRITE_OPTION):
+        if (
+            isinstance(conn, Connection)
+            and conn.dialect.name == "postgresql"
+            and conn.get_execution_options().get(WRITE_OPTION)
+        ):
             conn.execute(
                 text("SELECT pg_advisory_xact_lock(:id)"),
                 {"id": _namespace_lock_id(self.store_id, key)},
@@ -437,63 +668,55 @@ class ArtifactIndex:
         prefixes = key_prefixes(key)
         if include_self:
             prefixes.append(key)
-        inside = (ARTIFACTS.c.key >= key + "/") & (ARTIFACTS.c.key < key + "0")
-        condition = or_(ARTIFACTS.c.key.in_(prefixes), inside) if prefixes else inside
-        stmt = select(ARTIFACTS.c.key).where(self._mine, condition).limit(1)
-        found = conn.execute(stmt).scalar()
-        return None if found is None else str(found)
+        params: dict[str, Any] = {f"p{i}": prefix for i, prefix in enumerate(prefixes)}
+        params.update(w_store_id=self.store_id, lo=key + "/", hi=key + "0")
+        rows = self._run(conn, _compiled_conflict(self._dialect, len(prefixes)), params)
+        return str(rows[0][0]) if rows else None
 
-    def insert_if_absent(self, conn: Connection, artifact: Artifact) -> int | None:
+    def insert_if_absent(self, conn: WriteConnection, artifact: Artifact) -> int | None:
         """Insert the row unless the key exists; return the new id, None on a conflict.
 
         The unique ``(store_id, key)`` constraint decides: of two concurrent writers exactly one
         inserts.
         """
-        dialect = conn.dialect.name
-        values = self._values(artifact)
-        stmt: Any
-        conflict = [ARTIFACTS.c.store_id, ARTIFACTS.c.key]
-        if dialect == "postgresql":
-            stmt = postgresql.insert(ARTIFACTS).values(values)
-            stmt = stmt.on_conflict_do_nothing(index_elements=conflict)
-        elif dialect == "sqlite":
-            stmt = sqlite.insert(ARTIFACTS).values(values)
-            stmt = stmt.on_conflict_do_nothing(index_elements=conflict)
-        else:  # pragma: no cover - other backends are not supported yet
-            stmt = insert(ARTIFACTS).values(values)
-        new_id = conn.execute(stmt.returning(ARTIFACTS.c.id)).scalar()
-        if new_id is not None:
-            self._set_tags(conn, int(new_id), artifact)
-        return None if new_id is None else int(new_id)
+        rows = self._run(conn, self._writes["insert"], self._values(artifact))
+        if not rows:
+            return None
+        new_id = int(rows[0][0])
+        self._set_tags(conn, new_id, artifact)
+        return new_id
 
-    def replace(self, conn: Connection, artifact_id: int, artifact: Artifact) -> None:
+    def replace(self, conn: WriteConnection, artifact_id: int, artifact: Artifact) -> None:
         """Overwrite the row ``artifact_id`` with ``artifact``."""
-        conn.execute(
-            update(ARTIFACTS)
-            .where(self._mine, ARTIFACTS.c.id == artifact_id)
-            .values(self._values(artifact))
-        )
+        params = {f"v_{name}": value for name, value in self._values(artifact).items()}
+        params.update(w_store_id=self.store_id, w_id=artifact_id)
+        self._run(conn, self._writes["replace"], params)
         self._clear_children(conn, artifact_id)
         self._set_tags(conn, artifact_id, artifact)
 
     def update_stat(
-        self, conn: Connection, artifact_id: int, *, size_bytes: int, fingerprint: str
+        self, conn: WriteConnection, artifact_id: int, *, size_bytes: int, fingerprint: str
     ) -> None:
         """Record a payload's size and fingerprint."""
-        conn.execute(
-            update(ARTIFACTS)
-            .where(self._mine, ARTIFACTS.c.id == artifact_id)
-            .values(size_bytes=size_bytes, fingerprint=fingerprint)
-        )
+        params = {
+            "w_store_id": self.store_id,
+            "w_id": artifact_id,
+            "v_size_bytes": size_bytes,
+            "v_fingerprint": fingerprint,
+        }
+        self._run(conn, self._writes["update_stat"], params)
 
-    def _set_tags(self, conn: Connection, artifact_id: int, artifact: Artifact) -> None:
+    def _set_tags(self, conn: WriteConnection, artifact_id: int, artifact: Artifact) -> None:
         """Record the rows the artifact's metadata indexes: tags, parameter values, parents."""
         metadata = artifact.additional_metadata
+        if not metadata:
+            return
         created_at = artifact.created_at
         tags = tags_of(metadata)
         if tags:
-            conn.execute(
-                insert(TAGS),
+            self._run_many(
+                conn,
+                self._writes["add_tags"],
                 [
                     {"artifact_id": artifact_id, "tag": tag, "created_at": created_at}
                     for tag in sorted(tags)
@@ -501,8 +724,9 @@ class ArtifactIndex:
             )
         parameters = parameters_of(metadata)
         if parameters:
-            conn.execute(
-                insert(PARAMETERS),
+            self._run_many(
+                conn,
+                self._writes["add_parameters"],
                 [
                     {
                         "artifact_id": artifact_id,
@@ -515,14 +739,18 @@ class ArtifactIndex:
             )
         edges = edges_of(metadata)
         if edges:
-            conn.execute(insert(EDGES), [{"artifact_id": artifact_id, **edge} for edge in edges])
+            self._run_many(
+                conn,
+                self._writes["add_edges"],
+                [{"artifact_id": artifact_id, **edge} for edge in edges],
+            )
 
-    def _clear_children(self, conn: Connection, artifact_id: int) -> None:
+    def _clear_children(self, conn: WriteConnection, artifact_id: int) -> None:
         """Delete the tags, parameter values and parents recorded for the row ``artifact_id``."""
-        for table in (TAGS, PARAMETERS, EDGES):
-            conn.execute(delete(table).where(table.c.artifact_id == artifact_id))
+        for name in _CHILD_COLUMNS:
+            self._run(conn, self._writes[f"clear_{name}"], {"w_id": artifact_id})
 
-    def remove(self, conn: Connection, key: str) -> Artifact | None:
+    def remove(self, conn: WriteConnection, key: str) -> Artifact | None:
         """Delete the row of ``key`` (its tags go with it); return what was deleted."""
         found = self.fetch(conn, key, for_update=True)
         if found is None:
@@ -530,11 +758,11 @@ class ArtifactIndex:
         self.remove_id(conn, found[0])
         return found[1]
 
-    def remove_id(self, conn: Connection, artifact_id: int) -> None:
+    def remove_id(self, conn: WriteConnection, artifact_id: int) -> None:
         """Delete the row ``artifact_id`` of this store, its tags, parameter values and parents.
 
         (What was derived from it keeps its edges, which name this row's key and version: a
         parent deleted or overwritten since is detectable.)
         """
         self._clear_children(conn, artifact_id)
-        conn.execute(delete(ARTIFACTS).where(self._mine, ARTIFACTS.c.id == artifact_id))
+        self._run(conn, self._writes["remove"], {"w_store_id": self.store_id, "w_id": artifact_id})

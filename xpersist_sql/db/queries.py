@@ -81,6 +81,7 @@ __all__ = [
     "build_select",
     "compile_query",
     "fetch_artifacts",
+    "sqlite_value",
     "summarize",
 ]
 
@@ -324,7 +325,7 @@ def _shape(query: ArtifactQuery, dialect: str, store_id: int) -> tuple[Any, dict
     return shape, params
 
 
-def _sqlite_value(value: Any) -> Any:
+def sqlite_value(value: Any) -> Any:
     """Return a parameter as SQLAlchemy binds it on SQLite: datetimes as naive UTC text."""
     if isinstance(value, datetime):
         if value.tzinfo is None:
@@ -337,11 +338,13 @@ def _sqlite_value(value: Any) -> Any:
 
 @dataclasses.dataclass(frozen=True)
 class CompiledSelect:
-    """A ``SELECT`` compiled once for one dialect, to run on the driver's cursor.
+    """A statement compiled once for one dialect, to run on the driver's cursor.
+
+    A ``SELECT``, or one of the writes of :class:`~xpersist_sql.db.index.ArtifactIndex`.
 
     Attributes
     ----------
-    statement : Select
+    statement : Select, Insert, Update or Delete
         The SQLAlchemy statement (to run it through SQLAlchemy instead).
     sql : str
         Its SQL in the driver's parameter style.
@@ -353,16 +356,25 @@ class CompiledSelect:
         The values of the parameters SQLAlchemy added itself (``OFFSET 0``, literals).
     """
 
-    statement: Select[Any]
+    statement: Any
     sql: str
     names: tuple[str, ...] | None
     dialect: str
     defaults: dict[str, Any]
 
     @classmethod
-    def of(cls, statement: Select[Any], dialect: Dialect) -> CompiledSelect:
-        """Compile ``statement`` for ``dialect``."""
-        compiled = statement.compile(dialect=dialect)
+    def of(
+        cls, statement: Any, dialect: Dialect, column_keys: Sequence[str] | None = None
+    ) -> CompiledSelect:
+        """Compile ``statement`` for ``dialect``.
+
+        ``column_keys``: for an ``INSERT`` or ``UPDATE`` without ``.values()``, the columns
+        it sets (bound parameters named by the columns, as SQLAlchemy compiles them for an
+        execution with those keys).
+        """
+        compiled = statement.compile(
+            dialect=dialect, column_keys=None if column_keys is None else list(column_keys)
+        )
         names = tuple(compiled.positiontup or ()) if compiled.positional else None
         defaults = {
             name: bind.value
@@ -377,7 +389,7 @@ class CompiledSelect:
             params = {**self.defaults, **params}
         if self.names is not None:
             if self.dialect == "sqlite":
-                return tuple([_sqlite_value(params[name]) for name in self.names])
+                return tuple([sqlite_value(params[name]) for name in self.names])
             return tuple([params[name] for name in self.names])
         if self.dialect == "postgresql" and "metadata" in params:
             from psycopg.types.json import Jsonb
