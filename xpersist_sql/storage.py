@@ -285,9 +285,21 @@ class PayloadStorage:
             If a directory on the way (or, with ``final``, the payload itself) is a symbolic
             link, or a directory on the way holds another store.
         """
+        return self._checked(key, final=final)[0]
+
+    def locate(self, key: str) -> tuple[str, bool]:
+        """Return ``(path, present)`` of ``key``, checked as :meth:`check_path` checks it.
+
+        ``present`` comes from the same ``lstat`` that checks the payload is no symbolic link
+        (local disk); on object stores it is True without a request (a load says otherwise).
+        """
+        return self._checked(key, final=True)
+
+    def _checked(self, key: str, *, final: bool) -> tuple[str, bool]:
         validate_key(key, store=self.url())
         if not self.is_local:
-            return self.path(key)
+            return self.path(key), True
+        present = False
         parts = key.split("/")
         current = self.root
         for depth, part in enumerate(parts, 1):
@@ -297,10 +309,9 @@ class PayloadStorage:
                 break
             try:
                 mode = os.lstat(current).st_mode
-            except FileNotFoundError:
+            except (FileNotFoundError, NotADirectoryError):  # nothing there, or a file on the way
                 break
-            except NotADirectoryError:
-                mode = 0
+            present = last
             if stat_module.S_ISLNK(mode):
                 raise UnsafePathError(
                     f"key {key!r} of store {self.url()!r} passes through the symbolic link "
@@ -315,7 +326,7 @@ class PayloadStorage:
                     f"another store ({HIDDEN_DIR!r}): a store never reads or writes another "
                     "store's files. Use another key, or open that store itself"
                 )
-        return self.path(key)
+        return self.path(key), present
 
     def _holds_store(self, path: str) -> bool:
         """Whether the tree at ``path`` contains a store's hidden directory (a nested store)."""

@@ -675,10 +675,10 @@ class CacheStore:
                 store=self.path,
             )
             ser.check_requirements()
-            path = storage.check_path(key)  # never read through a symlink
-            # On local disk a missing payload is one lstat away; on an object store the load
-            # says so (an existence check would cost requests on every hit).
-            present = os.path.lexists(path) if storage.is_local else True
+            # Never read through a symlink. On local disk the lstat of that check says whether
+            # the payload is there; on an object store the load says so (an existence check
+            # would cost requests on every hit).
+            _path, present = storage.locate(key)
             if present:
                 try:
                     value = self._load(artifact, ser, load_kwargs)
