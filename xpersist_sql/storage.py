@@ -19,6 +19,7 @@ A payload has two fingerprints, recorded together in its row (``<walk>;i=<identi
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import ctypes
 import errno
@@ -187,6 +188,20 @@ def split_fingerprint(recorded: str | None) -> tuple[str | None, str | None]:
         return None, None
     walk, found, identity = recorded.partition(IDENTITY_FIELD)
     return walk, (identity if found else None)
+
+
+def _short(number: int) -> str:
+    """Return ``number`` (non-negative) as unpadded URL-safe base64 of its big-endian bytes.
+
+    Short (identities stay readable in ``show``) and computed in C.
+    """
+    raw = number.to_bytes((number.bit_length() + 7) // 8 or 1, "big")
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _local_identity(info: os.stat_result) -> str:
+    """Return the identity of a local payload from its ``lstat``: ``<inode>:<mtime_ns>``."""
+    return f"{_short(info.st_ino)}:{_short(info.st_mtime_ns)}"
 
 
 def _nonce_ns() -> int:
@@ -423,7 +438,7 @@ class PayloadStorage:
             if stat_module.S_ISREG(after.st_mode):
                 # one file: its stat and identity from this one lstat (as stat/identity read it)
                 stat = self._walk({"": {"size": after.st_size, "mtime": after.st_mtime}})
-                identity = f"{after.st_ino:x}:{after.st_mtime_ns:x}"
+                identity = _local_identity(after)
                 return PayloadStat(stat.size_bytes, stat.fingerprint, identity)
             stat = self.stat(path)
             return PayloadStat(stat.size_bytes, stat.fingerprint, self.identity(path))
@@ -475,10 +490,11 @@ class PayloadStorage:
     def identity(self, path: str, like: str | None = None) -> str:
         """Return the O(1) identity of the payload at ``path``: what a ``get`` checks.
 
-        - local disk, one ``lstat``: ``<inode>:<mtime_ns>`` (hexadecimal) of the file, or of a
-          directory payload's root. :meth:`seal` made the modification time unique to the
-          write; a rename keeps it, any rewrite of the file or any entry added to or removed
-          from the directory's root changes it, and a payload swapped in has another inode.
+        - local disk, one ``lstat``: ``<inode>:<mtime_ns>`` (each in unpadded URL-safe
+          base64) of the file, or of a directory payload's root. :meth:`seal` made the
+          modification time unique to the write; a rename keeps it, any rewrite of the file or
+          any entry added to or removed from the directory's root changes it, and a payload
+          swapped in has another inode.
         - object stores, one ``HEAD``: ``o:f:<ETag>:<size>`` of the file, or ``o:d:<ETag>`` of
           a directory payload's :data:`COMMIT_TOKEN`.
 
@@ -493,7 +509,7 @@ class PayloadStorage:
         """
         if self.is_local:
             info = os.lstat(path)
-            return f"{info.st_ino:x}:{info.st_mtime_ns:x}"
+            return _local_identity(info)
         if like is None:
             self._refresh(path)
             kind = "d" if self.fs.isdir(path) else "f"
