@@ -112,7 +112,10 @@ def bench_small_json(root: Path, repeats: int) -> list[dict[str, Any]]:
         row(
             put,
             OURS,
-            timings(lambda i: store.put(f"json/{uuid.uuid4().hex}.json", VALUE), repeats),
+            timings(
+                lambda i: store.put(f"json/{uuid.uuid4().hex}.json", VALUE, serializer="json"),
+                repeats,
+            ),
         ),
         row(put, SCHEME_2021, timings(put_2021, repeats)),
     ]

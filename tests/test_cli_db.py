@@ -138,10 +138,10 @@ def test_index_upgraded_by_a_newer_version(runner: CliRunner, store: CacheStore)
 
 def test_unknown_target_revision(runner: CliRunner, store: CacheStore) -> None:
     opts = where(store)
-    for command in (["upgrade", "0006"], ["downgrade", "abc"], ["upgrade", "0006", "--sql"]):
+    for command in (["upgrade", "0007"], ["downgrade", "abc"], ["upgrade", "0007", "--sql"]):
         message = one_line_error(invoke(runner, "db", *command, *opts), "unknown revision")
         assert "Can't locate revision" not in message
-        assert "0001, 0002, 0003, 0004, 0005" in message
+        assert "0001, 0002, 0003, 0004, 0005, 0006" in message
     assert revision_of(store.database_url) == head_revision()
 
 

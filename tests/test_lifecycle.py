@@ -68,7 +68,7 @@ def test_revision_0003_upgrade_and_downgrade_keep_rows(
     store.get("a.json")  # the first read of a process is recorded at once
     assert _last_access(store, "a.json") is not None
     store.close()
-    assert head_revision() == "0005"
+    assert head_revision() == "0006"
 
     engine = create_index_engine(_index_url(path, database_url))
     try:

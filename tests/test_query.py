@@ -14,6 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from xpersist_sql import Artifact, CacheStore
+from xpersist_sql.db.index import _compiled_conflict
 from xpersist_sql.db.queries import build_select
 from xpersist_sql.db.tables import ARTIFACTS, TAGS
 from xpersist_sql.query import glob_to_regex, parse_query, parse_time
@@ -459,6 +460,37 @@ def test_key_prefix_glob_is_an_index_range_on_sqlite(tmp_path: Path) -> None:
     with store.engine.connect() as conn:
         plan = _explain(conn, {"key": "a/*.json", "limit": 5})
     assert "sqlite_autoindex_xpersist_artifacts_1 (store_id=? AND key>? AND key<?)" in plan, plan
+
+
+def test_overlap_check_of_a_put_seeks_the_key_index(store: CacheStore) -> None:
+    # Each put asks whether a stored key contains the new one or lies inside it. Answered by
+    # scanning every key of the store it made puts O(n); it must be point and range seeks.
+    # Explained with bound parameters, as the put runs it, on enough rows for PostgreSQL's
+    # planner to tell the indexes apart.
+    for i in range(200):
+        store.put(f"k/{i:03d}.json", i, serializer="json")
+    compiled = _compiled_conflict(store.engine.dialect, 2)
+    params = {"w_store_id": 1, "p0": "a", "p1": "a/b", "lo": "a/b/c.zarr/", "hi": "a/b/c.zarr0"}
+    params.update(compiled.defaults)
+    with store.engine.connect() as conn:
+        if conn.dialect.name == "sqlite":
+            assert compiled.names is not None
+            bound = tuple(params[name] for name in compiled.names)
+            plan = [
+                row[-1] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled.sql}", bound)
+            ]
+            seeks = [line.split("(", 1)[1] for line in plan if line.startswith("SEARCH")]
+            assert not [line for line in plan if line.startswith("SCAN")], plan
+            assert seeks == ["store_id=? AND key=?)", "store_id=? AND key>? AND key<?)"], plan
+        else:
+            conn.exec_driver_sql("SET enable_seqscan = off")
+            conn.exec_driver_sql("ANALYZE xpersist_artifacts")
+            plan = [row[0] for row in conn.exec_driver_sql(f"EXPLAIN {compiled.sql}", params)]
+            text = "\n".join(plan)
+            assert "Seq Scan" not in text, text
+            conditions = [line for line in plan if "Index Cond" in line]
+            assert len(conditions) == 2, text
+            assert all("store_id" in line and "key" in line for line in conditions), text
 
 
 @pytest.mark.parametrize(

@@ -50,7 +50,7 @@ from xpersist_sql.db.tables import METADATA, JSONType, UTCDateTime
 from xpersist_sql.marker import HIDDEN_DIR, read_marker
 
 T0 = datetime(2021, 12, 14, 8, 0, tzinfo=timezone.utc)
-HEAD = "0005"  # revision 0005 (parameters, lineage) only adds tables after 0004
+HEAD = "0006"  # revisions 0005 (parameters, lineage) and 0006 (partial indexes) follow 0004
 ENV_VARS = ("XPERSIST_SQL_STORE", "XPERSIST_SQL_DATABASE_URL")
 REFUSED = r"this index holds 3 artifact rows written before stores had an identity"
 
@@ -246,8 +246,8 @@ def invoke(runner: CliRunner, *args: str) -> Any:
     return runner.invoke(app, list(args), catch_exceptions=False)
 
 
-def test_head_is_0005() -> None:
-    """These tests are about revision 0004; head 0005 only adds tables after it."""
+def test_head_is_0006() -> None:
+    """These tests are about revision 0004; 0005 and 0006 only add tables and change indexes."""
     assert head_revision() == HEAD
 
 
@@ -483,7 +483,7 @@ def test_downgrade_of_two_stores_is_refused_and_loses_nothing(
 
     engine = create_index_engine(url)
     try:
-        for target in ("0003", "base", "-2"):  # (-2: through 0004, from head 0005)
+        for target in ("0003", "base", "-3"):  # (-3: through 0004, from head 0006)
             with pytest.raises(RuntimeError, match="holds the artifacts of 2 stores") as error:
                 run_alembic(engine, "downgrade", target)
             assert "Give each store its own database" in str(error.value)

@@ -27,7 +27,7 @@ import functools
 import hashlib
 import os
 import posixpath
-import secrets
+import random
 import shutil
 import stat as stat_module
 import sys
@@ -205,8 +205,12 @@ def _local_identity(info: os.stat_result) -> str:
 
 
 def _nonce_ns() -> int:
-    """Return a modification time of now with random nanoseconds, unique to one write."""
-    return time.time_ns() // 1000 * 1000 + secrets.randbelow(1000)
+    """Return a modification time of now with random nanoseconds, unique to one write.
+
+    Unique, not secret: the module's generator (reseeded in a forked child) needs no system
+    call, where ``secrets`` reads the kernel's on every write.
+    """
+    return time.time_ns() // 1000 * 1000 + random.randrange(1000)
 
 
 def _file_marker(info: dict[str, Any]) -> str:
@@ -308,20 +312,25 @@ class PayloadStorage:
         ``present`` comes from the same ``lstat`` that checks the payload is no symbolic link
         (local disk); on object stores it is True without a request (a load says otherwise).
         """
-        return self._checked(key, final=True)
+        path, present, _parents = self._checked(key, final=True)
+        return path, present
 
-    def _checked(self, key: str, *, final: bool) -> tuple[str, bool]:
+    def _checked(self, key: str, *, final: bool) -> tuple[str, bool, bool]:
+        """``(path, present, parents)``: ``parents`` when every directory on the way exists."""
         validate_key(key, store=self.url())
         if not self.is_local:
-            return self.path(key), True
+            return self.path(key), True, True
         present = False
         parts = key.split("/")
+        parents = len(parts) == 1
         current = self.root
         for depth, part in enumerate(parts, 1):
             current = os.path.join(current, part)
             last = depth == len(parts)
-            if last and not final:
-                break
+            if last:
+                parents = True
+                if not final:
+                    break
             try:
                 mode = os.lstat(current).st_mode
             except (FileNotFoundError, NotADirectoryError):  # nothing there, or a file on the way
@@ -341,7 +350,7 @@ class PayloadStorage:
                     f"another store ({HIDDEN_DIR!r}): a store never reads or writes another "
                     "store's files. Use another key, or open that store itself"
                 )
-        return self.path(key), present
+        return self.path(key), present, parents
 
     def _holds_store(self, path: str) -> bool:
         """Whether the tree at ``path`` contains a store's hidden directory (a nested store)."""
@@ -413,11 +422,15 @@ class PayloadStorage:
             return None
         return inner[0].rstrip("/") if len(inner) == 1 else None
 
-    def discard_staging(self, staged: str) -> None:
-        """Remove a staging path (and its per-write directory, where it has one)."""
+    def discard_staging(self, staged: str, *, published: bool = False) -> None:
+        """Remove a staging path (and its per-write directory, where it has one).
+
+        ``published``: :meth:`publish` moved the payload to its key (on local disk, a rename:
+        a flat staging path left nothing behind).
+        """
         parent = posixpath.dirname(staged)
         if parent.rstrip("/") == self.internal_dir("staging").rstrip("/"):
-            if self.is_local and not os.path.lexists(staged):
+            if self.is_local and (published or not os.path.lexists(staged)):
                 return  # published (renamed away): nothing left to remove
             self.purge(staged)
         else:
@@ -540,21 +553,21 @@ class PayloadStorage:
         UnsafePathError
             If the key passes through a symlink, or what lies at the key holds another store.
         """
-        final = self.check_path(key)
+        final, present, parents = self._checked(key, final=True)
         trash: str | None = None
         if self.is_local:
-            parent = os.path.dirname(final)
-            # check_path found no link on the way: an existing parent needs no directory made
-            if not os.path.isdir(parent):
+            # the check found no link on the way, and every directory of it (or not)
+            if not parents:
                 try:
-                    os.makedirs(parent, exist_ok=True)
+                    os.makedirs(os.path.dirname(final), exist_ok=True)
                 except (FileExistsError, NotADirectoryError):
                     raise UnsafePathError(
                         f"cannot write key {key!r} in store {self.url()!r}: a file that is not "
                         "a stored payload lies on its path; remove it or use another key"
                     ) from None
-                self.check_path(key)  # nothing swapped a link in while they were made
-            if os.path.lexists(final):
+                # nothing swapped a link in while they were made
+                final, present, _parents = self._checked(key, final=True)
+            if present:
                 self._refuse_store(key, final)
                 trash = self._trash_path(key)
                 if exchange_paths(staged, final):

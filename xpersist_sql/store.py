@@ -498,8 +498,10 @@ class CacheStore:
             staged = storage.staging_path(key)
             try:
                 stored = self._backend.write(staged, produce(staged), decide)
-            finally:
+            except BaseException:
                 storage.discard_staging(staged)
+                raise
+            storage.discard_staging(staged, published=stored is produced[-1])
         else:
             # object stores: written in place, under the key's write lock (see write_in_place)
             stored = self._backend.write_in_place(key, produce, decide)

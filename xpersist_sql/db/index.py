@@ -30,6 +30,7 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    union_all,
     update,
 )
 from sqlalchemy import exc as sa_exc
@@ -277,12 +278,21 @@ def _compiled_writes(dialect: Dialect) -> dict[str, CompiledSelect]:
 
 
 def _conflict_statement(prefixes: int) -> Select[Any]:
-    """Return the overlap check of a key with ``prefixes`` proper prefixes (``p0``...)."""
+    """Return the overlap check of a key with ``prefixes`` proper prefixes (``p0``...).
+
+    Two index seeks joined by ``UNION ALL``: the keys the new key lies inside (point lookups)
+    and the keys inside it (a range). One ``WHERE store_id = ? AND (... OR ...)`` would make
+    SQLite scan every key of the store on each put.
+    """
     c = ARTIFACTS.c
-    inside = (c.key >= bindparam("lo")) & (c.key < bindparam("hi"))
-    names: list[Any] = [bindparam(f"p{i}") for i in range(prefixes)]
-    condition = or_(c.key.in_(names), inside) if names else inside
-    return select(c.key).where(c.store_id == bindparam("w_store_id"), condition).limit(1)
+    mine = c.store_id == bindparam("w_store_id")
+    inside = select(c.key).where(mine, c.key >= bindparam("lo"), c.key < bindparam("hi"))
+    if not prefixes:
+        return inside.limit(1)
+    names = [bindparam(f"p{i}", type_=c.key.type) for i in range(prefixes)]
+    containing = select(c.key).where(mine, c.key.in_(names))
+    either = union_all(containing, inside).subquery("overlap")
+    return select(either.c.key).limit(1)
 
 
 @functools.lru_cache(maxsize=256)

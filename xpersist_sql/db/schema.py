@@ -99,7 +99,7 @@ def alembic_config(connection: Connection | None = None, url: str | None = None)
 #: The newest revision in ``migrations/versions`` (a test checks it against Alembic's head).
 #: Opening a store compares the index with it without loading Alembic, which only migrations,
 #: ``db`` commands and schema messages need.
-HEAD_REVISION = "0005"
+HEAD_REVISION = "0006"
 
 
 def head_revision() -> str:

@@ -24,6 +24,7 @@ from sqlalchemy import (
     Table,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
@@ -99,6 +100,13 @@ STORES = Table(
     Column("created_at", UTCDateTime(), nullable=False),
 )
 
+
+def _partial_index(*columns: str) -> Index:
+    """Return an index on ``columns`` of the rows whose second column is not NULL."""
+    present = text(f"{columns[1]} IS NOT NULL")
+    return Index(None, *columns, sqlite_where=present, postgresql_where=present)
+
+
 ARTIFACTS = Table(
     "xpersist_artifacts",
     METADATA,
@@ -122,18 +130,20 @@ ARTIFACTS = Table(
     Column("flow_run_id", String(64), nullable=True),
     Column("task_run_id", String(64), nullable=True),
     # when the artifact was last read (revision 0003), recorded in batches: LRU eviction
+    # (ordered by coalesce(last_accessed_at, created_at): no index, revision 0006)
     Column("last_accessed_at", UTCDateTime(), nullable=True),
     UniqueConstraint("store_id", "key"),
     # (store_id, column, created_at, id): one store's newest-first queries (ties broken by id)
     # read them in order
     Index(None, "store_id", "created_at", "id"),
-    Index(None, "store_id", "expires_at"),
-    Index(None, "store_id", "flow_name", "created_at", "id"),
-    Index(None, "store_id", "task_name", "created_at", "id"),
     Index(None, "store_id", "serializer", "created_at", "id"),
-    Index(None, "store_id", "flow_run_id", "created_at", "id"),
-    Index(None, "store_id", "task_run_id", "created_at", "id"),
-    Index(None, "last_accessed_at"),
+    # optional columns: only the rows that have a value (revision 0006), so that a put writes
+    # no page of an index that would not hold it; every query on them compares the column
+    _partial_index("store_id", "expires_at"),
+    _partial_index("store_id", "flow_name", "created_at", "id"),
+    _partial_index("store_id", "task_name", "created_at", "id"),
+    _partial_index("store_id", "flow_run_id", "created_at", "id"),
+    _partial_index("store_id", "task_run_id", "created_at", "id"),
 )
 
 TAGS = Table(
