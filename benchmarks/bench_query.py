@@ -7,12 +7,15 @@ floor):
 - ``store.get_artifact(key)`` - a point lookup on the ``(store_id, key)`` unique index;
 - ``store.query(flow_name=..., since=..., limit=100)`` - newest first;
 - ``store.query(tags=["nightly"], limit=100)`` - a tag on about 1 in 6 artifacts;
-- ``store.query(tags=["rare"], limit=100)`` - a tag on 1 in 100 artifacts.
+- ``store.query(tags=["rare"], limit=100)`` - a tag on 1 in 100 artifacts;
+- ``store.put(key, small JSON)`` - a write (the overlap check with the stored keys, the staged
+  payload renamed into place, the row), against its floor: the same file written and one
+  bare ``INSERT`` committed on the same index.
 
 Every query returns 100 rows at every size (the filters are chosen so), and before timing the
 benchmark checks that the store and the raw SQL return the same keys in the same order. The
 targets (issue 10): each ``store`` figure within 1.5x of its N=1e4 figure (flat), and at most
-3x the raw SQL.
+3x the raw SQL (the put's floor gives its scale only: no such target).
 
 How the index is built: the store creates its schema through the library's own path (a first
 ``put``, which runs the Alembic migrations and records the store), then the rows are bulk-filled
@@ -61,13 +64,15 @@ LIMIT = 100
 VERSIONS = json.dumps({"xpersist_sql": "0.1.0", "python": "3.11.7", "xarray": "2025.9.0"})
 SERIALIZERS = ("xarray.zarr", "pandas.parquet", "numpy.npy", "joblib", "json")
 EXTENSIONS = ("zarr", "parquet", "npy", "joblib", "json")
-#: Operation name -> (short label for plots, flatness/raw-ratio targets apply).
-OPERATIONS = {
-    "get_artifact(key)": "get_artifact",
-    f"query(flow_name, since, limit={LIMIT})": "query flow+since",
-    f"query(tags=['nightly'], limit={LIMIT})": "query tags=nightly",
-    f"query(tags=['rare'], limit={LIMIT})": "query tags=rare",
-}
+PUT = "put(key, small JSON)"
+#: The value each timed put writes.
+PUT_VALUE = {"threshold": 0.5, "members": list(range(20)), "name": "ctrl", "ok": True}
+#: The floor of a put: the file written, one row inserted in its own transaction.
+RAW_PUT = (
+    "INSERT INTO xpersist_artifacts (store_id, key, serializer, load_kwargs, dump_kwargs, "
+    "additional_metadata, created_at, size_bytes, versions) VALUES (?, ?, 'json', '{}', '{}', "
+    "'{}', ?, ?, '{}')"
+)
 
 
 def _utc_day(moment: datetime) -> datetime:
@@ -245,7 +250,9 @@ def _alternating(
 def _result(
     op: str, impl: str, n: int, samples: list[float], ratio: float | None
 ) -> dict[str, Any]:
+    extra = {"vs_raw_target": False} if op == PUT else {}
     return {
+        **extra,
         "benchmark": f"{op}, n={n:.0e}".replace("e+0", "e"),
         "case": f"{OURS} CacheStore" if impl == OURS else f"{RAW} (same rows, tuples)",
         "min_ms": min(samples),
@@ -259,10 +266,40 @@ def _result(
     }
 
 
+def _puts(
+    store: CacheStore, writer: sqlite3.Connection, store_id: int
+) -> tuple[Callable[[int], Any], Callable[[int], Any]]:
+    """``(ours, raw)``: a small JSON put through the store, and its floor on the same index.
+
+    The floor writes the same file under the store's root and inserts its row with a bare
+    ``sqlite3`` connection in its own ``BEGIN IMMEDIATE`` transaction: no overlap check, no
+    staging, no seal. Each call writes a new key; the index grows by two rows per round.
+    """
+    raw_dir = Path(store.path) / "raw-put"
+    raw_dir.mkdir(exist_ok=True)
+    created = _sqlite_time(datetime.now(timezone.utc))
+
+    def raw(i: int) -> None:
+        text = json.dumps(PUT_VALUE)
+        with open(raw_dir / f"{i + 10}.json", "w", encoding="utf-8") as f:
+            f.write(text)
+        writer.execute("BEGIN IMMEDIATE")
+        writer.execute(RAW_PUT, (store_id, f"raw-put/{i + 10}.json", created, len(text)))
+        writer.execute("COMMIT")
+
+    def ours(i: int) -> Any:
+        return store.put(f"put/{i + 10}.json", PUT_VALUE, serializer="json")
+
+    return ours, raw
+
+
 def measure(store: CacheStore, n: int, repeats: int) -> list[dict[str, Any]]:
     """Time every operation on ``store`` (``n`` artifacts) against raw SQL on the same file."""
     db_file = store.database_url.removeprefix("sqlite:///")
     raw = sqlite3.connect(f"file:{db_file}?mode=ro", uri=True, check_same_thread=False)
+    writer = sqlite3.connect(db_file, isolation_level=None, check_same_thread=False)
+    writer.execute("PRAGMA busy_timeout = 10000")
+    writer.execute("PRAGMA synchronous = NORMAL")  # as the store's connections
     try:
         (store_id,) = raw.execute("SELECT store_id FROM xpersist_artifacts LIMIT 1").fetchone()
         now = _sqlite_time(datetime.now(timezone.utc))
@@ -299,6 +336,7 @@ def measure(store: CacheStore, n: int, repeats: int) -> list[dict[str, Any]]:
                     lambda i, tag=tag: raw.execute(RAW_TAG, (tag, store_id, now, LIMIT)).fetchall(),
                 )
             )
+        cases.append((PUT, *_puts(store, writer, store_id)))
         key_at = [c[0] for c in raw.execute(RAW_GET, (store_id, keys[0])).description].index("key")
         results: list[dict[str, Any]] = []
         for op, ours, baseline in cases:
@@ -307,7 +345,7 @@ def measure(store: CacheStore, n: int, repeats: int) -> list[dict[str, Any]]:
                 got = [a.key for a in ours(0)]
                 assert got == expected, f"{op}: store and raw SQL disagree at n={n}"
                 assert len(got) == LIMIT, f"{op}: {len(got)} rows at n={n}, expected {LIMIT}"
-            else:
+            elif op != PUT:
                 assert ours(0).key == baseline(0)[key_at]
             mine, base = _alternating(ours, baseline, repeats)
             results.append(
@@ -317,6 +355,7 @@ def measure(store: CacheStore, n: int, repeats: int) -> list[dict[str, Any]]:
         return results
     finally:
         raw.close()
+        writer.close()
 
 
 def run(quick: bool) -> list[dict[str, Any]]:

@@ -166,10 +166,13 @@ def scaling(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     median / its median at the smallest size (1.0 there); ``flat`` and ``near_raw`` say whether
     the targets (:data:`FLAT_TARGET`, :data:`VS_RAW_TARGET`) are met. ``vs_raw_min`` and
     ``vs_smallest_min`` are the same ratios on the minimums (the fastest call of each), which a
-    busy machine disturbs less.
+    busy machine disturbs less. ``near_raw`` is None for an operation whose rows say
+    ``vs_raw_target: False`` (its raw peer gives the scale, no target).
     """
     medians: dict[tuple[str, str, int], float] = {}
     minimums: dict[tuple[str, str, int], float] = {}
+    # operations whose raw peer is shown for scale only (``vs_raw_target: False``)
+    untargeted = {r["op"] for r in rows if r.get("vs_raw_target") is False}
     for r in rows:
         if {"op", "impl", "n"} <= r.keys():
             medians[(r["op"], r["impl"], r["n"])] = r["median_ms"]
@@ -197,7 +200,9 @@ def scaling(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "vs_raw": vs_raw,
                     "vs_smallest": ours / smallest,
                     "flat": ours / smallest <= FLAT_TARGET,
-                    "near_raw": vs_raw is not None and vs_raw <= VS_RAW_TARGET,
+                    "near_raw": (
+                        None if op in untargeted else vs_raw is not None and vs_raw <= VS_RAW_TARGET
+                    ),
                     # the same on the fastest call of each: less sensitive to a busy machine
                     "vs_raw_min": None if not raw_min else ours_min / raw_min,
                     "vs_smallest_min": ours_min / smallest_min,
@@ -233,7 +238,7 @@ def render_scaling(summary: list[dict[str, Any]], *, quick: bool) -> Table:
             f"{s['n']:,}",
             _ms(s["ours_median_ms"]),
             "-" if s["raw_median_ms"] is None else _ms(s["raw_median_ms"]),
-            vs_raw if s["near_raw"] else f"[red]{vs_raw}",
+            vs_raw if s["near_raw"] is not False else f"[red]{vs_raw}",
             f"{s['vs_smallest']:.2f}" if s["flat"] else f"[red]{s['vs_smallest']:.2f}",
             "-" if s["vs_raw_min"] is None else f"{s['vs_raw_min']:.2f}",
             f"{s['vs_smallest_min']:.2f}",
