@@ -176,3 +176,21 @@ def test_one_store_shared_by_threads(store: CacheStore) -> None:
         results = list(pool.map(work, range(8)))
     assert results == [list(range(15))] * 8
     assert len(store) == 8 * 15 + 1
+
+
+def test_the_process_id_is_known_again_in_a_forked_child() -> None:
+    # connections and locks are tied to current_pid(), read without a system call
+    from xpersist_sql._process import current_pid
+
+    assert current_pid() == os.getpid()
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports through the pipe
+        os.write(write, f"{current_pid()} {os.getpid()}".encode())
+        os._exit(0)
+    os.close(write)
+    reported = os.read(read, 100).decode().split()
+    os.close(read)
+    os.waitpid(child, 0)
+    assert reported[0] == reported[1] == str(child)
+    assert current_pid() == os.getpid() != child

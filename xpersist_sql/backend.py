@@ -18,7 +18,6 @@ Reading creates nothing: a store without a marker has no rows, and its index is 
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ import fsspec
 from sqlalchemy import Engine
 from sqlalchemy import exc as sa_exc
 
+from ._process import current_pid
 from .db.access import AccessLog
 from .db.engine import create_index_engine, redact_url, sqlite_path
 from .db.index import ArtifactIndex, WriteConnection
@@ -178,7 +178,7 @@ class StoreBackend:
             return self._engine_locked()
 
     def _engine_locked(self) -> Engine:
-        pid = os.getpid()
+        pid = current_pid()
         if self._engine is not None and self._pid != pid:
             # Never close the parent's connections from a forked child: drop them.
             self._engine.dispose(close=False)
@@ -205,10 +205,10 @@ class StoreBackend:
             If the marker and the index disagree about which store this is.
         """
         index = self._index
-        if index is not None and self._pid == os.getpid():
+        if index is not None and self._pid == current_pid():
             return index
         with self._lock:
-            if self._index is not None and self._pid == os.getpid():
+            if self._index is not None and self._pid == current_pid():
                 return self._index
             marker = self.marker()
             fresh = False
@@ -307,14 +307,14 @@ class StoreBackend:
     def flush_accesses(self) -> None:
         """Write the last-access times this process has not recorded yet."""
         access = self._access
-        if access is not None and access.pending and self._pid == os.getpid():
+        if access is not None and access.pending and self._pid == current_pid():
             access.flush(self.engine)
 
     def close(self) -> None:
         """Write pending accesses and dispose of the index's connections."""
         self.flush_accesses()
         with self._lock:
-            if self._engine is not None and self._pid == os.getpid():
+            if self._engine is not None and self._pid == current_pid():
                 self._engine.dispose()
             self._engine, self._index, self._access = None, None, None
 

@@ -17,7 +17,6 @@ more than 2 s) is logged, never raised into a read.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from datetime import datetime, timezone
 from sqlalchemy import Engine, bindparam, or_, update
 from sqlalchemy.exc import SQLAlchemyError
 
+from .._process import current_pid
 from .engine import WRITE_OPTION
 from .tables import ARTIFACTS
 
@@ -77,7 +77,7 @@ class AccessLog:
         self._reset()
 
     def _reset(self) -> None:
-        self._pid = os.getpid()
+        self._pid = current_pid()
         self._recorded: dict[str, float] = {}
         self._pending: dict[str, datetime] = {}
         self._last_flush = float("-inf")
@@ -94,7 +94,7 @@ class AccessLog:
         """
         now = time.monotonic()
         with self._lock:
-            if self._pid != os.getpid():
+            if self._pid != current_pid():
                 self._reset()  # a forked child starts afresh
             seen = self._recorded.get(key)
             if seen is not None and now - seen < self.resolution:
@@ -113,7 +113,7 @@ class AccessLog:
     def flush(self, engine: Engine) -> int:
         """Write the pending accesses in one transaction; return how many were written."""
         with self._lock:
-            if self._pid != os.getpid():
+            if self._pid != current_pid():
                 self._reset()
             pending, self._pending = self._pending, {}
             self._last_flush = time.monotonic()

@@ -20,6 +20,7 @@ from sqlalchemy.engine import URL, ExceptionContext, make_url
 from sqlalchemy.exc import ArgumentError, DisconnectionError, NoSuchModuleError
 from sqlalchemy.exc import OperationalError as SQLOperationalError
 
+from .._process import current_pid
 from ..errors import IndexUnavailableError, MissingDependencyError
 
 __all__ = [
@@ -341,13 +342,13 @@ class _Reader:
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn: sqlite3.Connection | None = conn
-        self.pid = os.getpid()
+        self.pid = current_pid()
 
     def close(self) -> None:
         conn, self.conn = self.conn, None
         if conn is None:
             return
-        if self.pid != os.getpid():
+        if self.pid != current_pid():
             _INHERITED.append(conn)
             return
         with contextlib.suppress(sqlite3.Error):
@@ -390,7 +391,7 @@ class SQLiteReaders:
         reader: _Reader | None = getattr(self._local, "reader", None)
         if reader is not None:
             conn = reader.conn
-            if conn is not None and reader.pid == os.getpid():
+            if conn is not None and reader.pid == current_pid():
                 return conn
             reader.close()  # closed by close(), or the parent's after a fork (kept, unused)
         reader = _Reader(self._connect())
@@ -418,7 +419,7 @@ class SQLiteReaders:
     @property
     def open_connections(self) -> int:
         """Number of connections open in this process (for tests and diagnostics)."""
-        pid = os.getpid()
+        pid = current_pid()
         with self._lock:
             return sum(1 for r in self._readers if r.conn is not None and r.pid == pid)
 

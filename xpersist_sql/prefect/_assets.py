@@ -24,6 +24,7 @@ Reporting never fails a task: a failure is logged as a warning.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import re
@@ -78,6 +79,7 @@ def file_url(url: str) -> str:
     return f"file://{path}"
 
 
+@functools.lru_cache(maxsize=4096)
 def asset_key(url: str) -> str | None:
     """Return the Prefect asset key of a payload URL, or ``None`` when Prefect refuses it.
 

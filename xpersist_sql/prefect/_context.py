@@ -126,6 +126,17 @@ class TemplateValues(dict[str, Any]):
         return repr(shown)
 
 
+_cached_signature = functools.lru_cache(maxsize=1024)(inspect.signature)
+
+
+def _signature(fn: Callable[..., Any]) -> inspect.Signature:
+    """Return a task body's signature, read once (every task call binds its arguments)."""
+    try:
+        return _cached_signature(fn)
+    except TypeError:  # an unhashable callable object
+        return inspect.signature(fn)
+
+
 def _as_utc(value: datetime | None) -> datetime:
     if value is None:
         return datetime.now(timezone.utc)
@@ -161,7 +172,7 @@ class RunContext:
         kwargs: dict[str, Any],
     ) -> RunContext:
         """Capture the context of the current call of ``fn`` (a task body) now."""
-        bound = inspect.signature(fn).bind(*args, **kwargs)
+        bound = _signature(fn).bind(*args, **kwargs)
         bound.apply_defaults()
         parameters = dict(bound.arguments)
         task_ctx = TaskRunContext.get()

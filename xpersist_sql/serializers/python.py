@@ -8,7 +8,7 @@ from typing import Any
 
 from fsspec import AbstractFileSystem
 
-from ._local import is_local
+from ._local import is_local, read_bytes, write_bytes
 from .registry import Serializer, register_serializer
 
 
@@ -18,17 +18,15 @@ class JSONSerializer(Serializer):
 
     def dump(self, value: Any, fs: AbstractFileSystem, path: str, **kwargs: Any) -> None:
         text = json.dumps(value, **kwargs)
-        if is_local(fs):  # the same file, without fsspec's file object around it
-            with open(path, "w", encoding="utf-8") as f:
-                f.write(text)
+        if is_local(fs):  # the same file, without a file object around it
+            write_bytes(path, text.encode("utf-8"))
             return
         with fs.open(path, "w", encoding="utf-8") as f:
             f.write(text)
 
     def load(self, fs: AbstractFileSystem, path: str, **kwargs: Any) -> Any:
         if is_local(fs):
-            with open(path, "rb") as f:
-                return json.loads(f.read(), **kwargs)
+            return json.loads(read_bytes(path), **kwargs)
         with fs.open(path, "rb") as f:
             return json.loads(f.read(), **kwargs)
 
