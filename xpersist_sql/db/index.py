@@ -9,14 +9,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import json
 import sqlite3
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any, NoReturn
 
 from sqlalchemy import (
-    JSON,
     Connection,
     Dialect,
     Engine,
@@ -47,7 +45,6 @@ from .queries import (
     artifact_columns,
     artifacts_from_rows,
     compile_query,
-    sqlite_value,
     summarize,
 )
 from .tables import (
@@ -216,10 +213,6 @@ _CHILD_COLUMNS = {
         ),
     ),
 }
-#: Columns whose values SQLAlchemy binds as JSON text on SQLite (``json.dumps``).
-_JSON_PARAMS = frozenset(
-    column.name for column in ARTIFACTS.c if isinstance(column.type, JSON)
-) | frozenset(f"v_{column.name}" for column in ARTIFACTS.c if isinstance(column.type, JSON))
 
 
 def _write_statements(dialect: str) -> dict[str, tuple[Any, tuple[str, ...] | None]]:
@@ -298,26 +291,6 @@ def _conflict_statement(prefixes: int) -> Select[Any]:
 @functools.lru_cache(maxsize=256)
 def _compiled_conflict(dialect: Dialect, prefixes: int) -> CompiledSelect:
     return CompiledSelect.of(_conflict_statement(prefixes), dialect)
-
-
-def _sqlite_params(compiled: CompiledSelect, params: Mapping[str, Any]) -> tuple[Any, ...]:
-    """Positional parameters of a compiled write, bound as SQLAlchemy binds them on SQLite.
-
-    JSON columns as ``json.dumps`` text (SQLAlchemy's default serializer), datetimes as naive
-    UTC text (:class:`~xpersist_sql.db.tables.UTCDateTime`), the rest as they are.
-    """
-    assert compiled.names is not None
-    if compiled.defaults:
-        params = {**compiled.defaults, **params}
-    bound = []
-    for name in compiled.names:
-        value = params[name]
-        if name in _JSON_PARAMS:
-            value = "{}" if value.__class__ is dict and not value else json.dumps(value)
-        elif isinstance(value, datetime):
-            value = sqlite_value(value)
-        bound.append(value)
-    return tuple(bound)
 
 
 def _raise_driver_error(sql: str, error: sqlite3.Error, params: Any = ()) -> NoReturn:
@@ -625,7 +598,7 @@ class ArtifactIndex:
         raised as SQLAlchemy's. On PostgreSQL it runs through SQLAlchemy.
         """
         if self._sqlite:
-            bound = _sqlite_params(compiled, params)
+            bound = compiled.bind(params)
             driver = _driver(conn)
             try:
                 return driver.execute(compiled.sql, bound).fetchall()
@@ -640,7 +613,7 @@ class ArtifactIndex:
     ) -> None:
         """Run a compiled ``INSERT`` once per row of ``rows`` (``executemany``)."""
         if self._sqlite:
-            bound = [_sqlite_params(compiled, row) for row in rows]
+            bound = [compiled.bind(row) for row in rows]
             driver = _driver(conn)
             try:
                 driver.executemany(compiled.sql, bound)

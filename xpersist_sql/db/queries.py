@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
@@ -336,6 +337,11 @@ def sqlite_value(value: Any) -> Any:
     return value
 
 
+def _json_text(value: Any) -> str:
+    """Return a JSON column's value as SQLAlchemy writes it on SQLite (``json.dumps``)."""
+    return "{}" if value.__class__ is dict and not value else json.dumps(value)
+
+
 @dataclasses.dataclass(frozen=True)
 class CompiledSelect:
     """A statement compiled once for one dialect, to run on the driver's cursor.
@@ -354,6 +360,8 @@ class CompiledSelect:
         ``"sqlite"`` or ``"postgresql"``.
     defaults : dict
         The values of the parameters SQLAlchemy added itself (``OFFSET 0``, literals).
+    json : frozenset of str
+        The parameters bound to JSON columns (serialized by :meth:`bind` on SQLite).
     """
 
     statement: Any
@@ -361,6 +369,7 @@ class CompiledSelect:
     names: tuple[str, ...] | None
     dialect: str
     defaults: dict[str, Any]
+    json: frozenset[str] = frozenset()
 
     @classmethod
     def of(
@@ -381,15 +390,30 @@ class CompiledSelect:
             for name, bind in compiled.binds.items()
             if not bind.required and (names is None or name in names)
         }
-        return cls(statement, compiled.string, names, dialect.name, defaults)
+        json_names = frozenset(
+            name for name, bind in compiled.binds.items() if isinstance(bind.type, JSON)
+        )
+        return cls(statement, compiled.string, names, dialect.name, defaults, json_names)
 
     def bind(self, params: Mapping[str, Any]) -> Any:
-        """Return the driver's parameters for ``params`` (converted as SQLAlchemy would)."""
+        """Return the driver's parameters for ``params`` (converted as SQLAlchemy would).
+
+        On SQLite: JSON values as ``json.dumps`` text (SQLAlchemy's default serializer),
+        datetimes as naive UTC text (:func:`sqlite_value`), the rest as they are.
+        """
         if self.defaults:
             params = {**self.defaults, **params}
         if self.names is not None:
             if self.dialect == "sqlite":
-                return tuple([sqlite_value(params[name]) for name in self.names])
+                json_names = self.json
+                return tuple(
+                    [
+                        _json_text(params[name])
+                        if name in json_names
+                        else sqlite_value(params[name])
+                        for name in self.names
+                    ]
+                )
             return tuple([params[name] for name in self.names])
         if self.dialect == "postgresql" and "metadata" in params:
             from psycopg.types.json import Jsonb
