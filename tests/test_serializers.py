@@ -31,6 +31,7 @@ from xpersist_sql.serializers import (
     pick_serializer,
     registry,
 )
+from xpersist_sql.serializers._local import read_bytes, write_bytes
 
 BUILT_INS = [
     "json",
@@ -533,3 +534,21 @@ def test_missing_netcdf_engine_names_the_extra(monkeypatch: pytest.MonkeyPatch) 
     )
     with pytest.raises(MissingDependencyError, match=r"xpersist_sql\[netcdf\]"):
         get_serializer("xarray.netcdf").check_requirements()
+
+
+def test_local_bytes_round_trip_and_truncate(tmp_path: Path) -> None:
+    path = str(tmp_path / "f.bin")
+    write_bytes(path, b"x" * 100_000)
+    write_bytes(path, b"short")  # created or truncated, as open("wb")
+    assert read_bytes(path) == b"short"
+    write_bytes(path, b"")
+    assert read_bytes(path) == b""
+
+
+def test_read_bytes_reads_past_a_size_that_is_wrong() -> None:
+    # /proc files report size 0 and have content: the first read returns more than the size
+    # said, and the rest is read to the end (as for a file that grew after its fstat)
+    with open("/proc/self/status", "rb") as f:
+        expected_start = f.read(5)
+    data = read_bytes("/proc/self/status")
+    assert data.startswith(expected_start) and b"\nPid:" in data and len(data) > 100
