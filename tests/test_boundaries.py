@@ -919,6 +919,36 @@ def test_a_payload_replaced_by_a_symlink(tmp_path: Path, make_store: MakeStore) 
     assert store.get("other.json") == {"other": True}
 
 
+@pytest.mark.timeout(120)
+def test_a_payload_replaced_by_a_named_pipe_is_never_opened(
+    tmp_path: Path, make_store: MakeStore
+) -> None:
+    """A FIFO planted at a key would block a load forever: every path refuses it at once."""
+    root = tmp_path / "store"
+    store = make_store(root)
+    store.put("p.json", {"mine": True}, serializer="json")
+    store.put("other.json", {"other": True}, serializer="json")
+    os.remove(root / "p.json")
+    os.mkfifo(root / "p.json")
+    os.mkfifo(root / "stray.pipe")  # and one that no row names
+    for call in (
+        lambda: store.get("p.json"),
+        lambda: store.get("p.json", verify=True),
+        lambda: store.put("p.json", 1, serializer="json", on_duplicate_key="overwrite"),
+    ):
+        with pytest.raises(UnsafePathError, match="named pipe"):
+            call()
+    assert [p.key for p in store.verify().problems] == ["p.json"]
+    report = store.gc(older_than=0, now=later())
+    assert [(i.kind, i.path) for i in report.items] == [("orphan", "stray.pipe")]
+    assert not os.path.lexists(root / "stray.pipe")  # removed, never opened
+    assert stat.S_ISFIFO(os.lstat(root / "p.json").st_mode)  # a row's path: left to delete
+    store.delete("p.json")
+    assert not os.path.lexists(root / "p.json")
+    assert store.keys() == ["other.json"]
+    assert store.get("other.json") == {"other": True}
+
+
 def test_a_parent_directory_replaced_by_a_symlink(tmp_path: Path, make_store: MakeStore) -> None:
     root = tmp_path / "store"
     store = make_store(root)

@@ -204,6 +204,17 @@ def _local_identity(info: os.stat_result) -> str:
     return f"{_short(info.st_ino)}:{_short(info.st_mtime_ns)}"
 
 
+def _special_kind(mode: int) -> str:
+    """Name what an ``lstat`` mode that is no file, directory or link is."""
+    if stat_module.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat_module.S_ISSOCK(mode):
+        return "a socket"
+    if stat_module.S_ISCHR(mode) or stat_module.S_ISBLK(mode):
+        return "a device"
+    return "a special file"
+
+
 def _nonce_ns() -> int:
     """Return a modification time of now with random nanoseconds, unique to one write.
 
@@ -341,6 +352,13 @@ class PayloadStorage:
                     f"key {key!r} of store {self.url()!r} passes through the symbolic link "
                     f"{current!r}: xpersist_sql never follows links inside a store. Remove the "
                     "link or use another key"
+                )
+            if last and not (stat_module.S_ISREG(mode) or stat_module.S_ISDIR(mode)):
+                # a FIFO would block the load forever, a device read without end
+                raise UnsafePathError(
+                    f"key {key!r} of store {self.url()!r} is {_special_kind(mode)} "
+                    f"({current!r}), not a file or directory a store writes: xpersist_sql never "
+                    f"opens it. Remove it (store.delete({key!r}) does) or use another key"
                 )
             if not last and not stat_module.S_ISDIR(mode):
                 break  # a file in the way: the write fails, or the index names the key
