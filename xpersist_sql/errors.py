@@ -108,7 +108,7 @@ class OverlappingKeyError(InvalidKeyError):
 
 
 class UnsafePathError(InvalidKeyError):
-    """The path passes through a symbolic link, or holds another store: it is not the store's."""
+    """The path passes through a symbolic link, is a pipe or device, or holds another store."""
 
 
 class StoreNotFoundError(XpersistSQLError, FileNotFoundError):
