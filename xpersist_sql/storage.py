@@ -327,13 +327,17 @@ class PayloadStorage:
         return path, present
 
     def _checked(self, key: str, *, final: bool) -> tuple[str, bool, bool]:
-        """``(path, present, parents)``: ``parents`` when every directory on the way exists."""
+        """``(path, present, parents)``: ``parents`` when every directory on the way exists.
+
+        ``parents`` is whether the walk reached the key's last segment (every directory before
+        it is one); ``present`` whether something lies there (from the same ``lstat``).
+        """
         validate_key(key, store=self.url())
         if not self.is_local:
             return self.path(key), True, True
         present = False
         parts = key.split("/")
-        parents = len(parts) == 1
+        parents = False
         current = self.root
         for depth, part in enumerate(parts, 1):
             current = os.path.join(current, part)
