@@ -145,6 +145,15 @@ def test_render_target_without_prefect() -> None:
         render_target(3, context)  # type: ignore[arg-type]
 
 
+def test_a_target_without_fields_is_its_own_key() -> None:
+    context = RunContext(date=datetime(2021, 12, 16, tzinfo=timezone.utc), task_name="t")
+    assert render_target("results/mean.zarr", context) == "results/mean.zarr"
+    # braces still go through the renderer: an escaped one renders, a lone one is refused
+    assert render_target("a{{b}}.json", context) == "a{b}.json"
+    with pytest.raises(TargetTemplateError, match="cannot render target"):
+        render_target("a}.json", context)
+
+
 def test_invalid_arguments_are_refused(pstore: CacheStore) -> None:
     def body() -> int:
         return 1

@@ -313,11 +313,13 @@ def check_calls(
     """
     if keys.kind != "static" or _RECORD.warned(token):
         return
-    scope = flow_run_scope()
-    for parameters in calls:
+    scope: str | None = None
+    for index, parameters in enumerate(calls):
         names = [name for name in parameters if name not in keys.parameters]
         if not names:
             return
+        if index == 0:
+            scope = flow_run_scope()
         differing = _RECORD.differing(token, (scope, task), parameters, names)
         if differing:
             _warn(task_name, target, differing, token)

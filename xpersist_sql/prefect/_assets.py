@@ -124,7 +124,13 @@ def _propagate(task_run_id: str | None, key: str | None) -> None:
     flow_ctx = FlowRunContext.get()
     if flow_ctx is None or task_run_id is None or key is None:
         return
-    flow_ctx.task_run_assets[UUID(task_run_id)] = {Asset(key=key)}
+    flow_ctx.task_run_assets[UUID(task_run_id)] = {_asset(key)}
+
+
+@functools.lru_cache(maxsize=4096)
+def _asset(key: str) -> Asset:
+    """Return the Prefect asset of a key (validated once: a hit reports it on every call)."""
+    return Asset(key=key)
 
 
 def _description(key: str, store_path: str, serializer: str, parents: Sequence[Parent]) -> str:

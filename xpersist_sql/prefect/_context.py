@@ -25,6 +25,8 @@ from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 
 from prefect.context import FlowRunContext, TaskRunContext
+from prefect.utilities.callables import get_call_parameters
+from pydantic.fields import FieldInfo
 
 from ..errors import XpersistSQLError
 from ..explain import CONTEXT_NAMES
@@ -135,6 +137,28 @@ def _signature(fn: Callable[..., Any]) -> inspect.Signature:
         return _cached_signature(fn)
     except TypeError:  # an unhashable callable object
         return inspect.signature(fn)
+
+
+def call_parameters(
+    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """Return the bound arguments of a call of a task body, as Prefect binds them.
+
+    Prefect's ``get_call_parameters``, with the body's signature read once: a bound method's
+    instance, a call that does not bind (Prefect's ``ParameterBindError``) and pydantic
+    ``Field`` defaults go to Prefect's own function.
+    """
+    if hasattr(fn, "__prefect_self__") or hasattr(fn, "__prefect_cls__"):
+        return get_call_parameters(fn, args, kwargs)
+    try:
+        bound = _signature(fn).bind(*args, **kwargs)
+    except TypeError:
+        return get_call_parameters(fn, args, kwargs)
+    bound.apply_defaults()
+    arguments = dict(bound.arguments)
+    if any(isinstance(value, FieldInfo) for value in arguments.values()):
+        return get_call_parameters(fn, args, kwargs)
+    return arguments
 
 
 def _as_utc(value: datetime | None) -> datetime:
@@ -424,6 +448,8 @@ def render_target(target: Target, context: RunContext) -> str:
     >>> render_target("{date:%A}-{task_name}-{parameters[i]}.zarr", ctx)
     'Thursday-get_data-3.zarr'
     """
+    if isinstance(target, str) and "{" not in target and "}" not in target:
+        return target  # no field to render: the key as written
     values = context.template_values()
     if callable(target):
         key = target(values)

@@ -13,11 +13,11 @@ transactions); see docs/design.md, "Prefect integration", for why this is not a 
 from __future__ import annotations
 
 import asyncio
-import copy
 import functools
 import inspect
 import logging
 import os
+import random
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -29,7 +29,11 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
-from prefect.results import ResultRecord  # type: ignore[attr-defined]
+from prefect.results import (  # type: ignore[attr-defined]
+    ResultRecord,
+    ResultRecordMetadata,
+    get_result_store,
+)
 from prefect.settings import get_current_settings
 from prefect.states import Completed
 from prefect.transactions import BaseTransaction, IsolationLevel, get_transaction
@@ -50,7 +54,7 @@ from ..storage import validate_key
 from ..store import CacheStore
 from ._ambiguity import TargetKeys, check_calls, check_rendered, target_keys
 from ._assets import report_hit, report_write
-from ._context import RunContext, Target, render_target, uses_inputs_hash
+from ._context import RunContext, Target, call_parameters, render_target, uses_inputs_hash
 from ._lineage import Parent, StoredResult, identity_from, note_task_run, parents_of
 from ._lock_manager import StoreLockManager
 from ._result import XpersistResult, check_serializer_settings
@@ -447,7 +451,26 @@ class _Call:
                 logger=_logger(),
             )
         message = f"loaded from cache at {self.location}"
-        return Completed(name=CACHED_STATE_NAME, data=value, message=message)
+        return Completed(name=CACHED_STATE_NAME, data=_unpersisted_record(value), message=message)
+
+
+def _unpersisted_record(value: Any) -> ResultRecord[Any]:
+    """Wrap a loaded value as the result record of a ``Cached`` state, as Prefect would.
+
+    Prefect wraps a returned state's bare value with ``ResultStore.create_result_record``, which
+    resolves a fresh storage path (a dozen ``lstat``) for a record nobody writes: the value
+    lives in the store, and Prefect persists nothing for this task. This is that record (a
+    random storage key, the run's result serializer), made without a system call: inside a
+    task run each one hands the GIL to Prefect's event threads.
+    """
+    results = get_result_store()
+    metadata = ResultRecordMetadata.model_construct(
+        serializer=results.serializer,
+        storage_key=f"{random.getrandbits(128):032x}",  # never written: any unique name
+        storage_block_id=results.result_storage_block_id,
+        expiration=None,
+    )
+    return ResultRecord.model_construct(result=value, metadata=metadata)
 
 
 def _sync_wrapper(spec: _Spec) -> Callable[..., Any]:
@@ -537,13 +560,16 @@ class XpersistTask(Task[P, R], Generic[P, R]):
 
     def _caching_run(self) -> Task[..., Any]:
         """Return the task Prefect's engine runs: a copy whose function is the caching wrapper."""
-        run = cast("Task[..., Any]", copy.copy(self))
-        run.__class__ = Task
+        # copy.copy's shallow copy, made without its generic __reduce_ex__ path (on every call)
+        run = cast("Task[..., Any]", object.__new__(Task))
+        run.__dict__.update(self.__dict__)
         run.fn = self._xpersist_wrapper
         return run
 
     def _check_calls(self, calls: list[dict[str, Any]]) -> None:
         spec = self._xpersist_spec
+        if not calls or all(name in spec.keys.parameters for name in calls[0]):
+            return  # the key depends on every parameter of the first call: nothing to compare
         check_calls(
             spec.token,
             (self.name, tuple(sorted(self.tags))),
@@ -557,7 +583,7 @@ class XpersistTask(Task[P, R], Generic[P, R]):
         if self._xpersist_spec.keys.kind != "static":
             return []
         try:
-            return [get_call_parameters(self.fn, args, kwargs)]
+            return [call_parameters(self.fn, args, kwargs)]
         except Exception:  # Prefect reports a bad call itself
             return []
 
