@@ -19,6 +19,7 @@ from tests.s3 import (  # noqa: F401 (S3 fixtures)
     s3_bucket,
     s3_storage_options,
     s3_store,
+    slow_s3_storage_options,
 )
 from xpersist_sql import CacheStore
 

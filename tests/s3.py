@@ -8,20 +8,27 @@ The fixtures here are imported by ``tests/conftest.py``:
 - ``s3_bucket``: a fresh, uniquely named bucket per test, removed afterwards;
 - ``index_url``: the index of an S3 store, on the parametrised backend (a SQLite file on this
   machine, or PostgreSQL);
-- ``s3_store``: a factory of stores on ``s3://<bucket>/cache`` sharing that index.
+- ``s3_store``: a factory of stores on ``s3://<bucket>/cache`` sharing that index;
+- ``slow_s3_storage_options``: options reaching the same server through a proxy that holds
+  each upload for a random while (the latency of a remote bucket, which opens the windows
+  between a request and the next).
 """
 
 from __future__ import annotations
 
+import http.client
 import os
+import random
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -153,3 +160,60 @@ def s3_store(
     yield make
     for store in created:
         store.close()
+
+
+class _SlowProxy(BaseHTTPRequestHandler):
+    """Forward a request to the moto server; an upload (``PUT``) first waits 0 to 0.6 s."""
+
+    protocol_version = "HTTP/1.1"
+    upstream: tuple[str, int] = ("127.0.0.1", 0)
+
+    def _forward(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else None
+        if self.command == "PUT":
+            time.sleep(random.uniform(0.0, 0.6))
+        connection = http.client.HTTPConnection(*self.upstream, timeout=60)
+        try:
+            # the Host header is kept: moto answers for any host, and nothing is re-signed
+            connection.request(self.command, self.path, body=body, headers=dict(self.headers))
+            response = connection.getresponse()
+            payload = response.read()
+        finally:
+            connection.close()
+        self.send_response(response.status, response.reason)
+        for name, value in response.getheaders():
+            if name.lower() not in ("transfer-encoding", "connection", "content-length"):
+                self.send_header(name, value)
+        # a HEAD answers with the object's length, and no body
+        length = response.getheader("Content-Length") if self.command == "HEAD" else None
+        self.send_header("Content-Length", length or str(len(payload)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(payload)
+
+    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Keep the test output quiet."""
+
+
+@pytest.fixture
+def slow_s3_storage_options(moto_endpoint: str) -> Iterator[dict[str, Any]]:
+    """fsspec options reaching the moto server through a proxy that delays every upload."""
+    host, port = moto_endpoint.removeprefix("http://").split(":")
+    handler = type("_Proxy", (_SlowProxy,), {"upstream": (host, int(port))})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield {
+            "endpoint_url": f"http://127.0.0.1:{server.server_address[1]}",
+            "key": "testing",
+            "secret": "testing",
+            "client_kwargs": {"region_name": "us-east-1"},
+        }
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -203,3 +203,53 @@ def test_remote_path_without_database_url_is_an_error(
     message = str(info.value)
     assert f"s3://{s3_bucket}/cache" in message and "postgresql" in message
     assert "XPERSIST_SQL_DATABASE_URL" in message
+
+
+def _first_put(
+    url: str, index: str, options: dict[str, Any], n: int, start: Any, results: Any
+) -> None:
+    store = CacheStore(url, database_url=index, storage_options=options)
+    start.wait()
+    try:
+        store.put(f"first-{n}.json", {"writer": n}, serializer="json")
+    except Exception as exc:  # reported to the test, which names it
+        results.put((n, f"{type(exc).__name__}: {exc}"))
+    else:
+        results.put((n, "ok"))
+    finally:
+        store.close()
+
+
+def test_processes_making_one_new_store_agree_on_its_marker(
+    s3_bucket: str, slow_s3_storage_options: dict[str, Any], index_url: str
+) -> None:
+    """Writers that all make the same new S3 store at once end with one store: an object store
+    has no exclusive create, so the marker is written under the index's lock. The bucket is
+    reached with the latency of a remote one (uploads held up to 0.6 s): without the lock,
+    writers each uploaded a marker, and all but one then failed with StoreMismatchError."""
+    s3_storage_options = slow_s3_storage_options
+    url = f"s3://{s3_bucket}/fresh"
+    writers = 6
+    ctx = multiprocessing.get_context("spawn")
+    start, results = ctx.Barrier(writers), ctx.Queue()
+    processes = [
+        ctx.Process(target=_first_put, args=(url, index_url, s3_storage_options, n, start, results))
+        for n in range(writers)
+    ]
+    for process in processes:
+        process.start()
+    outcomes = dict(results.get(timeout=300) for _ in processes)
+    for process in processes:
+        process.join(timeout=60)
+    assert outcomes == dict.fromkeys(range(writers), "ok")
+    fs = bucket_fs(s3_storage_options)
+    markers = [name for name in fs.find(url) if name.endswith(".xpersist_sql/store.json")]
+    assert len(markers) == 1
+    store = CacheStore(url, database_url=index_url, storage_options=s3_storage_options)
+    try:
+        assert store.keys() == [f"first-{n}.json" for n in range(writers)]
+        assert [store.get(f"first-{n}.json") for n in range(writers)] == [
+            {"writer": n} for n in range(writers)
+        ]
+    finally:
+        store.close()

@@ -52,6 +52,8 @@ __all__ = ["WRITE_LOCK_PREFIX", "Changes", "StoreBackend"]
 #: Prefix of the key locks that writers of an object store hold while they write a key's payload
 #: in place (never the lock of ``CacheStore.lock(key)``, which a caller may hold around a put).
 WRITE_LOCK_PREFIX = "\x00xpersist_sql-write\x00"
+#: The lock on a store root while its marker is made (object stores; see _marker_lock).
+MARKER_LOCK_PREFIX = "\x00xpersist_sql-marker\x00"
 
 
 class _Kept(Exception):
@@ -220,7 +222,8 @@ class StoreBackend:
                     return None
                 engine = self._engine_locked()  # the schema is checked before the marker
                 self.storage.fs.makedirs(self.storage.root, exist_ok=True)
-                marker = create_marker(self.storage.fs, self.storage.root)
+                with self._marker_lock(engine):
+                    marker = create_marker(self.storage.fs, self.storage.root)
                 fresh = True
             engine = self._engine_locked()
             with engine.connect() as conn:
@@ -248,6 +251,31 @@ class StoreBackend:
             self._index = ArtifactIndex(engine, known.id)
             self._access = AccessLog(known.id)
             return self._index
+
+    @contextlib.contextmanager
+    def _marker_lock(self, engine: Engine) -> Iterator[None]:
+        """Hold the index's lock on this root while the store's marker is made (object stores).
+
+        A local marker is published with ``link()``, which exactly one process wins. An object
+        store has no portable exclusive create (S3's ``If-None-Match`` is AWS's alone): two
+        first writes of one new store would each upload a marker, the last one winning after
+        the other had recorded its own id, and every later open would then refuse the store.
+        Under this lock the second writer finds the first one's marker. An index without locks
+        (an in-memory SQLite database) is one process's: there is nobody to wait for.
+        """
+        if self.storage.is_local:
+            yield
+            return
+        try:
+            lock = key_lock(engine, MARKER_LOCK_PREFIX + self.root_url, store=self.storage.url())
+        except ValueError:
+            yield
+            return
+        lock.acquire(timeout=None)  # released at once, or when a killed holder's process ends
+        try:
+            yield
+        finally:
+            lock.release()
 
     def _check_not_a_copy(self, marker: StoreMarker, recorded_root: str) -> None:
         """Refuse a copy of a store whose index is shared: two folders, one set of rows.

@@ -7,8 +7,10 @@ A directory is an xpersist_sql store when it holds ``.xpersist_sql/store.json``:
 ``store_id`` is recorded in the index (the ``xpersist_stores`` table) and owns the store's rows:
 several stores may share one database and each sees only its own artifacts. The identity is the
 id, not the path: a store folder moved or copied whole keeps working. The marker is written once,
-on a store's first write, with an exclusive create so that two processes creating the same store
-agree on one id; nothing ever rewrites or removes it.
+on a store's first write, so that two processes creating the same store agree on one id: on
+local disk with an exclusive create, on an object store (no portable exclusive create) under
+the index's lock on the store root (``StoreBackend._marker_lock``). Nothing ever rewrites or
+removes it.
 """
 
 from __future__ import annotations
