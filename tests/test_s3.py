@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import pickle
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -194,6 +195,30 @@ def test_payload_missing_on_s3(s3_store: S3Store, s3_storage_options: dict[str, 
     assert store.keys() == []
 
 
+def test_a_half_written_tree_at_the_key_is_never_opened(
+    s3_store: S3Store, s3_storage_options: dict[str, Any]
+) -> None:
+    """What a writer killed while replacing a zarr leaves (the old tree in the trash, a new
+    tree without its commit token at the key) is never opened: the reader sees no token, moves
+    the old payload back and loads it, without zarr's warnings about the stray tree."""
+    store = s3_store(on_duplicate_key="overwrite")
+    store.put("k.zarr", make_dataset(seed=1))
+    storage = store._backend.storage
+    trash = storage.take("k.zarr")  # as the writer does first: token first, then the tree
+    assert trash is not None
+    stray = make_dataset(seed=2)
+    # the stray tree's metadata is not consolidated yet, as a writer killed before the end
+    stray.to_zarr(
+        store.payload_url("k.zarr"), storage_options=s3_storage_options, consolidated=False
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        value = store.get("k.zarr").load()
+    xr.testing.assert_identical(value, make_dataset(seed=1))
+    assert [str(w.message) for w in caught if "onsolidated" in str(w.message)] == []
+    assert store._backend.payload_matches(store.get_artifact("k.zarr"))
+
+
 def test_remote_path_without_database_url_is_an_error(
     s3_bucket: str, s3_storage_options: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -253,3 +278,39 @@ def test_processes_making_one_new_store_agree_on_its_marker(
         ]
     finally:
         store.close()
+
+
+# -- gc of commit tokens -------------------------------------------------------------------------
+def test_gc_removes_the_token_of_a_payload_removed_behind_the_stores_back(
+    s3_store: S3Store, s3_storage_options: dict[str, Any]
+) -> None:
+    """A directory payload deleted from the bucket leaves its commit token: once ``repair``
+    dropped the row, gc removes that token, and nothing else moves."""
+    store = s3_store()
+    store.put("gone.zarr", make_dataset(seed=1))
+    store.put("kept.zarr", make_dataset(seed=2))
+    token = f"{store.path}/.xpersist_sql/commits/gone.zarr.commit".removeprefix("s3://")
+    fs = bucket_fs(s3_storage_options)
+    assert fs.exists(token)
+    fs.rm(f"{store.path}/gone.zarr", recursive=True)  # behind the store's back
+
+    # the row still names the path: its token stays (verify reports the row)
+    assert [i.kind for i in store.gc(older_than=0, dry_run=True).items] == []
+    assert store.repair(["gone.zarr"]) == ["gone.zarr"]
+
+    # younger than the grace period: kept
+    assert store.gc().items == []
+    before = objects_under(s3_storage_options, store.path)
+    planned = store.gc(older_than=0, dry_run=True)
+    assert [(i.kind, i.path) for i in planned.items] == [
+        ("token", ".xpersist_sql/commits/gone.zarr.commit")
+    ]
+    assert objects_under(s3_storage_options, store.path) == before  # a dry run removes nothing
+    report = store.gc(older_than=0)
+    assert [(i.kind, i.path) for i in report.items] == [(i.kind, i.path) for i in planned.items]
+    assert report.skipped == []
+    after = objects_under(s3_storage_options, store.path)
+    assert sorted(set(before) - set(after)) == [token]
+    assert set(after) <= set(before)
+    xr.testing.assert_identical(store.get("kept.zarr").load(), make_dataset(seed=2))
+    assert store.gc(older_than=0).items == []

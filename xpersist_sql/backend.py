@@ -584,6 +584,17 @@ class StoreBackend:
         return True
 
     # -- readers' side of the protocol -------------------------------------------------------------
+    def written_in_place(self, artifact: Artifact) -> bool:
+        """Whether the row's payload is a directory written in place (object stores).
+
+        Such a tree is published file by file, then sealed by its commit token: a reader checks
+        the token before opening any file of it, not only after the load.
+        """
+        if self.storage.is_local:
+            return False
+        identity = split_fingerprint(artifact.fingerprint)[1]
+        return identity is not None and identity.startswith("o:d:")
+
     def payload_matches(self, artifact: Artifact, *, repair: bool = False) -> bool:
         """Whether the payload at the artifact's key is the one its row describes.
 

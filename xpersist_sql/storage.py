@@ -47,6 +47,7 @@ from .marker import HIDDEN_DIR
 __all__ = [
     "COMMIT_TOKEN",
     "HIDDEN_DIR",
+    "TOKEN_SUFFIX",
     "PayloadStat",
     "PayloadStorage",
     "exchange_paths",

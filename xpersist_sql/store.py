@@ -615,8 +615,9 @@ class CacheStore:
         """Load the value stored under ``key`` (lazily for zarr and netCDF).
 
         The payload loaded is the one the row describes, checked by its identity (one ``lstat``
-        on local disk, one ``HEAD`` on an object store) after the load; ``verify`` checks it
-        whole. Formats whose loads run code (pickle, joblib) load only where that is trusted:
+        on local disk, one ``HEAD`` on an object store) after the load, and on an object store
+        also before opening a directory payload, which is written in place; ``verify`` checks
+        it whole. Formats whose loads run code (pickle, joblib) load only where that is trusted:
         see :mod:`xpersist_sql.trust`.
 
         Parameters
@@ -678,10 +679,17 @@ class CacheStore:
             )
             ser.check_requirements()
             # Never read through a symlink. On local disk the lstat of that check says whether
-            # the payload is there; on an object store the load says so (an existence check
-            # would cost requests on every hit).
+            # the payload is there; on an object store the load (or the token) says so (an
+            # existence check would cost requests on every hit).
             _path, present = storage.locate(key)
-            if present:
+            committed = True
+            if present and backend.written_in_place(artifact):
+                # A directory payload on an object store is written in place: its token says
+                # whether the tree at the key is the row's whole payload, before a file of a
+                # killed or live writer's half-written tree is opened.
+                committed = backend.payload_matches(artifact, repair=not self.readonly)
+                present = committed or storage.exists(key)
+            if present and committed:
                 try:
                     value = self._load(artifact, ser, load_kwargs)
                 except PayloadLoadError:
@@ -699,16 +707,16 @@ class CacheStore:
                         if deep:
                             verify_payload(storage, artifact, self.path)
                         return value
-                    if settled:
-                        self._check_not_displaced(artifact)
-                        raise PayloadChangedError(
-                            f"the payload of key {key!r} in store {self.path!r} is not the one "
-                            "its row describes (its identity differs: it was rewritten, "
-                            "replaced or touched behind the index's back). Recompute it with "
-                            f"store.put({key!r}, value, on_duplicate_key='overwrite'), or, if "
-                            "the change was deliberate, record it with `xpersist-sql verify "
-                            "--refingerprint`"
-                        )
+                    committed = False
+            if present and not committed and settled:
+                self._check_not_displaced(artifact)
+                raise PayloadChangedError(
+                    f"the payload of key {key!r} in store {self.path!r} is not the one its row "
+                    "describes (its identity differs: it was rewritten, replaced or touched "
+                    f"behind the index's back). Recompute it with store.put({key!r}, value, "
+                    "on_duplicate_key='overwrite'), or, if the change was deliberate, record it "
+                    "with `xpersist-sql verify --refingerprint`"
+                )
             if not present and settled:
                 self._check_not_displaced(artifact)
                 raise PayloadMissingError(

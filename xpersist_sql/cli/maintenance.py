@@ -40,7 +40,7 @@ from ._common import (
 
 __all__ = ["evict_command", "gc_command", "import_legacy_command", "verify_command"]
 
-_GC_KINDS = ("expired", "orphan", "staging", "trash")
+_GC_KINDS = ("expired", "orphan", "staging", "trash", "token")
 T = TypeVar("T")
 
 

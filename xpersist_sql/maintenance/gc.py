@@ -15,6 +15,9 @@ Rules that make it safe while other processes read and write the store:
   ``older_than`` (1 hour by default) *before the scan started*. An orphan is checked again
   against the index right before it goes, and restored if a row for it appeared meanwhile. A
   payload that still has a 2021 xpersist sidecar is never an orphan, nor is that directory.
+- **Tokens last.** On an object store, the commit token of a payload that was removed behind the
+  store's back (nothing at its path, no row naming it) goes once it is older than
+  ``older_than``, under the write lock of its key.
 """
 
 from __future__ import annotations
@@ -28,7 +31,14 @@ from ..backend import StoreBackend
 from ..db.index import ArtifactIndex, key_prefixes
 from ..errors import InvalidKeyError, StoreNotFoundError
 from ..legacy import LEGACY_METADATA_DIR, LEGACY_SUFFIX
-from ..storage import HIDDEN_DIR, PayloadStorage, split_fingerprint, validate_key
+from ..storage import (
+    COMMIT_TOKEN,
+    HIDDEN_DIR,
+    TOKEN_SUFFIX,
+    PayloadStorage,
+    split_fingerprint,
+    validate_key,
+)
 from ..units import parse_duration
 
 __all__ = ["DEFAULT_GRACE", "GcItem", "GcReport", "Progress", "gc"]
@@ -102,10 +112,11 @@ class GcItem:
 
     Attributes
     ----------
-    kind : {"expired", "orphan", "staging", "trash", "invalid"}
+    kind : {"expired", "orphan", "staging", "trash", "token", "invalid"}
         An expired artifact (row and payload), a payload without a row, a crashed writer's
-        staging directory, a leftover of a replaced / deleted payload, or (only ever skipped)
-        an expired row whose key is not a valid key.
+        staging directory, a leftover of a replaced / deleted payload, the commit token of a
+        payload removed behind the store's back (object stores), or (only ever skipped) an
+        expired row whose key is not a valid key.
     path : str
         The key (expired, orphan) or the path inside the store (``.xpersist_sql/...``).
     size_bytes : int
@@ -307,7 +318,75 @@ def gc(
                     else:
                         result.skipped.append(item)
             report(f"{kind} leftovers", done, len(entries))
+
+    # 5. commit tokens of payloads removed behind the store's back (object stores)
+    if not storage.is_local:
+        tokens = _lone_tokens(storage, index)
+        for done, (relative, token, info) in enumerate(tokens, 1):
+            stamps = _times(info)
+            if stamps and max(stamps) < cutoff:
+                item = GcItem("token", _relative(storage, token), int(info.get("size") or 0))
+                if dry_run or _remove_token(backend, relative, token, cutoff):
+                    result.items.append(item)
+                else:
+                    result.skipped.append(item)
+            report("commit tokens", done, len(tokens))
     return result
+
+
+def _lone_tokens(
+    storage: PayloadStorage, index: ArtifactIndex
+) -> list[tuple[str, str, dict[str, Any]]]:
+    """``(payload path relative to the root, token path, token info)`` of the lone tokens.
+
+    A token is lone when nothing lies at its payload's path and no row names that path (a row
+    whose payload went missing keeps its token: ``verify`` reports the row).
+    """
+    base = storage.internal_dir(COMMIT_TOKEN).rstrip("/")
+    storage.fs.invalidate_cache(base)
+    try:
+        found = storage.fs.find(base, detail=True)
+    except FileNotFoundError:  # pragma: no cover - find answers {} on most filesystems
+        return []
+    lone = []
+    for name, info in sorted(found.items()):
+        if not (name.startswith(base + "/") and name.endswith(TOKEN_SUFFIX)):
+            continue
+        relative = name[len(base) + 1 : -len(TOKEN_SUFFIX)]
+        if _payload_absent(storage, index, relative):
+            lone.append((relative, name, info))
+    return lone
+
+
+def _payload_absent(storage: PayloadStorage, index: ArtifactIndex, relative: str) -> bool:
+    internal = relative == HIDDEN_DIR or relative.startswith(HIDDEN_DIR + "/")
+    if not internal:
+        try:
+            validate_key(relative)
+        except InvalidKeyError:
+            return False  # a name no payload could have: not the store's to judge
+        if index.covered(relative):
+            return False
+    path = storage.path(relative)
+    storage.fs.invalidate_cache(path)
+    return not storage.fs.exists(path)
+
+
+def _remove_token(backend: StoreBackend, relative: str, token: str, cutoff: float) -> bool:
+    """Remove a lone token under its key's write lock, if it is still lone and old."""
+    storage = backend.storage
+    index = backend.index()
+    assert index is not None
+    with backend.writing(relative):  # a writer of the key publishes its token under it
+        storage.fs.invalidate_cache(token)
+        try:
+            stamps = _times(storage.fs.info(token))
+        except FileNotFoundError:
+            return False
+        if not stamps or max(stamps) >= cutoff or not _payload_absent(storage, index, relative):
+            return False
+        storage.purge(token)
+    return True
 
 
 class _Walks:
