@@ -45,7 +45,14 @@ from .errors import (
 )
 from .marker import HIDDEN_DIR, StoreMarker, create_marker, read_marker, store_root_url
 from .models import Artifact
-from .storage import PayloadStat, PayloadStorage, join_fingerprint, split_fingerprint, validate_key
+from .storage import (
+    PayloadStat,
+    PayloadStorage,
+    join_fingerprint,
+    sealed_by_token,
+    split_fingerprint,
+    validate_key,
+)
 
 __all__ = ["WRITE_LOCK_PREFIX", "Changes", "StoreBackend"]
 
@@ -590,10 +597,9 @@ class StoreBackend:
         Such a tree is published file by file, then sealed by its commit token: a reader checks
         the token before opening any file of it, not only after the load.
         """
-        if self.storage.is_local:
-            return False
-        identity = split_fingerprint(artifact.fingerprint)[1]
-        return identity is not None and identity.startswith("o:d:")
+        return not self.storage.is_local and sealed_by_token(
+            split_fingerprint(artifact.fingerprint)[1]
+        )
 
     def payload_matches(self, artifact: Artifact, *, repair: bool = False) -> bool:
         """Whether the payload at the artifact's key is the one its row describes.

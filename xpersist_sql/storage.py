@@ -53,6 +53,7 @@ __all__ = [
     "exchange_paths",
     "join_fingerprint",
     "key_tag",
+    "sealed_by_token",
     "split_fingerprint",
     "validate_key",
 ]
@@ -177,6 +178,15 @@ class PayloadStat:
 def join_fingerprint(walk: str, identity: str | None) -> str:
     """Return the recorded fingerprint ``<walk>;i=<identity>`` (the walk alone without one)."""
     return walk if identity is None else f"{walk}{IDENTITY_FIELD}{identity}"
+
+
+#: How the identity of a directory payload on an object store (its commit token's ETag) begins.
+TREE_IDENTITY = "o:d:"
+
+
+def sealed_by_token(identity: str | None) -> bool:
+    """Whether an identity is a commit token's: a directory payload written in place."""
+    return identity is not None and identity.startswith(TREE_IDENTITY)
 
 
 def split_fingerprint(recorded: str | None) -> tuple[str | None, str | None]:
@@ -489,7 +499,7 @@ class PayloadStorage:
             self.fs.makedirs(posixpath.dirname(token), exist_ok=True)
             self.fs.pipe_file(token, uuid.uuid4().hex.encode())
             self._refresh(token)
-            identity = f"o:d:{_file_marker(self.fs.info(token)).strip(chr(34))}"
+            identity = f"{TREE_IDENTITY}{_file_marker(self.fs.info(token)).strip(chr(34))}"
         return PayloadStat(stat.size_bytes, stat.fingerprint, identity)
 
     def token_path(self, path: str) -> str:
@@ -550,14 +560,16 @@ class PayloadStorage:
             self._refresh(path)
             kind = "d" if self.fs.isdir(path) else "f"
         else:
-            kind = "d" if like.startswith("o:d:") else "f"
+            kind = "d" if sealed_by_token(like) else "f"
         target = self.token_path(path) if kind == "d" else path
         self._refresh(target)
         meta = self.fs.info(target)
         if meta.get("type") == "directory":
             raise FileNotFoundError(target)
         marker = _file_marker(meta).strip('"')
-        return f"o:d:{marker}" if kind == "d" else f"o:f:{marker}:{int(meta.get('size') or 0)}"
+        if kind == "d":
+            return f"{TREE_IDENTITY}{marker}"
+        return f"o:f:{marker}:{int(meta.get('size') or 0)}"
 
     def publish(self, staged: str, key: str) -> str | None:
         """Move a staged payload to ``<root>/<key>``.

@@ -326,7 +326,7 @@ def gc(
             stamps = _times(info)
             if stamps and max(stamps) < cutoff:
                 item = GcItem("token", _relative(storage, token), int(info.get("size") or 0))
-                if dry_run or _remove_token(backend, relative, token, cutoff):
+                if dry_run or _remove_token(backend, index, relative, token, cutoff):
                     result.items.append(item)
                 else:
                     result.skipped.append(item)
@@ -372,11 +372,11 @@ def _payload_absent(storage: PayloadStorage, index: ArtifactIndex, relative: str
     return not storage.fs.exists(path)
 
 
-def _remove_token(backend: StoreBackend, relative: str, token: str, cutoff: float) -> bool:
+def _remove_token(
+    backend: StoreBackend, index: ArtifactIndex, relative: str, token: str, cutoff: float
+) -> bool:
     """Remove a lone token under its key's write lock, if it is still lone and old."""
     storage = backend.storage
-    index = backend.index()
-    assert index is not None
     with backend.writing(relative):  # a writer of the key publishes its token under it
         storage.fs.invalidate_cache(token)
         try:
