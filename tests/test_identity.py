@@ -186,3 +186,22 @@ def test_gc_keeps_a_displaced_payload_in_a_staging_file(store: CacheStore) -> No
     assert report.items == [] and [item.kind for item in report.skipped] == ["staging"]
     assert store.get("v.json") == {"v": 1}  # the read put it back
     assert np.array_equal(sorted(Path(store.path, HIDDEN_DIR, "staging").iterdir()), [])
+
+
+def test_payload_paths_and_identities_are_computed_as_recorded(tmp_path: Path) -> None:
+    """The fast paths of a hit (a key appended to the root, a cached identity) change nothing."""
+    from xpersist_sql.storage import PayloadStorage, _local_identity
+
+    storage = PayloadStorage(str(tmp_path))
+    assert storage.path("a/b.json") == os.path.join(os.path.realpath(tmp_path), "a", "b.json")
+    assert PayloadStorage("/").path("a/b.json") == "/a/b.json"
+    (tmp_path / "f").write_text("x")
+    info = os.lstat(tmp_path / "f")
+
+    def short(number: int) -> str:
+        raw = number.to_bytes((number.bit_length() + 7) // 8 or 1, "big")
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    expected = f"{short(info.st_ino)}:{short(info.st_mtime_ns)}"
+    assert _local_identity(info) == expected
+    assert _local_identity(info) == expected  # the cached answer is the same

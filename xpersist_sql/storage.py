@@ -212,7 +212,13 @@ def _short(number: int) -> str:
 
 def _local_identity(info: os.stat_result) -> str:
     """Return the identity of a local payload from its ``lstat``: ``<inode>:<mtime_ns>``."""
-    return f"{_short(info.st_ino)}:{_short(info.st_mtime_ns)}"
+    return _encode_identity(info.st_ino, info.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4096)
+def _encode_identity(inode: int, mtime_ns: int) -> str:
+    """``<inode>:<mtime_ns>`` as :func:`_local_identity` records it (cached: a hit re-reads it)."""
+    return f"{_short(inode)}:{_short(mtime_ns)}"
 
 
 def _special_kind(mode: int) -> str:
@@ -288,6 +294,8 @@ class PayloadStorage:
             # symlinks above the root (/tmp -> /private/tmp) are the user's; below it, refused
             root = os.path.realpath(os.path.expanduser(root))
         self.root: str = root.rstrip("/") or "/"
+        # what a key is appended to: "<root>/" (a validated key is never absolute)
+        self._prefix = self.root if self.root == "/" else self.root + "/"
 
     # -- paths -----------------------------------------------------------------------------------
     def _join(self, *parts: str) -> str:
@@ -295,7 +303,7 @@ class PayloadStorage:
 
     def path(self, key: str) -> str:
         """Return the filesystem path (no protocol) of the payload of ``key``."""
-        return self._join(key)
+        return self._prefix + key
 
     def url(self, key: str | None = None) -> str:
         """Return a URL of the payload (or of the root) that fsspec/xarray open directly."""
@@ -349,9 +357,9 @@ class PayloadStorage:
         present = False
         parts = key.split("/")
         parents = False
-        current = self.root
+        current = self._prefix[:-1]  # "" for the root "/"
         for depth, part in enumerate(parts, 1):
-            current = os.path.join(current, part)
+            current = f"{current}/{part}"
             last = depth == len(parts)
             if last:
                 parents = True
