@@ -21,7 +21,7 @@ import xarray as xr
 from tests.helpers import make_dataset
 from xpersist_sql import CacheStore
 from xpersist_sql.db.tables import ARTIFACTS
-from xpersist_sql.storage import HIDDEN_DIR, PayloadStorage, split_fingerprint
+from xpersist_sql.storage import HIDDEN_DIR, PayloadStorage, _local_identity, split_fingerprint
 
 
 def recorded(store: CacheStore, key: str) -> str:
@@ -190,8 +190,6 @@ def test_gc_keeps_a_displaced_payload_in_a_staging_file(store: CacheStore) -> No
 
 def test_payload_paths_and_identities_are_computed_as_recorded(tmp_path: Path) -> None:
     """The fast paths of a hit (a key appended to the root, a cached identity) change nothing."""
-    from xpersist_sql.storage import PayloadStorage, _local_identity
-
     storage = PayloadStorage(str(tmp_path))
     assert storage.path("a/b.json") == os.path.join(os.path.realpath(tmp_path), "a", "b.json")
     assert PayloadStorage("/").path("a/b.json") == "/a/b.json"
