@@ -82,6 +82,30 @@ def timings(
     return durations
 
 
+def interleaved(
+    cases: dict[str, Callable[[int], Any]], repeats: int, *, batch: int = 20, warmup: int = 1
+) -> dict[str, list[float]]:
+    """Time several cases of one operation in alternating batches; durations (ms) per case.
+
+    Each case runs ``batch`` calls in turn (``fn(i)``, ``i`` counting up per case from 0,
+    after ``warmup`` untimed calls with negative ``i``) until each has ``repeats``: a machine
+    that slows down or speeds up during the run weighs on every case alike, where timing one
+    case after the other would charge the drift to whichever ran later.
+    """
+    durations: dict[str, list[float]] = {name: [] for name in cases}
+    for fn in cases.values():
+        for i in range(-warmup, 0):
+            fn(i)
+    while any(len(done) < repeats for done in durations.values()):
+        for name, fn in cases.items():
+            done = durations[name]
+            for i in range(len(done), min(len(done) + batch, repeats)):
+                start = time.perf_counter()
+                fn(i)
+                done.append((time.perf_counter() - start) * 1000.0)
+    return durations
+
+
 def row(benchmark: str, case: str, durations: Sequence[float]) -> dict[str, Any]:
     """Summarise durations (ms) as a result row (``ratio`` filled by :func:`add_ratios`)."""
     return {

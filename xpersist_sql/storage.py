@@ -296,6 +296,7 @@ class PayloadStorage:
         self.root: str = root.rstrip("/") or "/"
         # what a key is appended to: "<root>/" (a validated key is never absolute)
         self._prefix = self.root if self.root == "/" else self.root + "/"
+        self._staging = self.internal_dir("staging").rstrip("/")
 
     # -- paths -----------------------------------------------------------------------------------
     def _join(self, *parts: str) -> str:
@@ -428,7 +429,7 @@ class PayloadStorage:
         ``staging/<key_tag(key)>-<uuid>/<name>`` instead. Either way the leftovers of a killed
         writer can be told apart by key (:meth:`staged_payload`).
         """
-        staging = self.internal_dir("staging")
+        staging = self._staging
         if self.is_local:
             if not os.path.isdir(staging):  # one stat once it exists
                 os.makedirs(staging, exist_ok=True)
@@ -470,7 +471,7 @@ class PayloadStorage:
         a flat staging path left nothing behind).
         """
         parent = posixpath.dirname(staged)
-        if parent.rstrip("/") == self.internal_dir("staging").rstrip("/"):
+        if parent == self._staging:
             if self.is_local and (published or not os.path.lexists(staged)):
                 return  # published (renamed away): nothing left to remove
             self.purge(staged)
@@ -486,8 +487,8 @@ class PayloadStorage:
         gets its :data:`COMMIT_TOKEN`, written last.
         """
         if self.is_local:
-            info = os.lstat(path)
-            os.utime(path, ns=(info.st_atime_ns, _nonce_ns()), follow_symlinks=False)
+            nonce = _nonce_ns()  # as its access time too: one system call less than keeping it
+            os.utime(path, ns=(nonce, nonce), follow_symlinks=False)
             after = os.lstat(path)
             if stat_module.S_ISREG(after.st_mode):
                 # one file: its stat and identity from this one lstat (as stat/identity read it)

@@ -448,7 +448,7 @@ class CacheStore:
         recorded_load = json_metadata(load_kwargs, "load_kwargs", where)
         recorded_dump = json_metadata(dump_kwargs, "dump_kwargs", where)
         storage = self._storage
-        storage.check_path(key)  # no symlink on the way, before any work
+        storage.check_path(key, final=False)  # no symlink on the way, before any work
 
         rows = self._rows(create=True)  # the first write makes the path a store
         assert rows is not None

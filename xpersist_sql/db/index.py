@@ -624,7 +624,8 @@ class ArtifactIndex:
         conn.execute(compiled.statement, rows)
 
     def _values(self, artifact: Artifact) -> dict[str, Any]:
-        values = {field: getattr(artifact, field) for field in ARTIFACT_FIELDS}
+        fields = artifact.__dict__  # the model's field values, as validated
+        values = {field: fields[field] for field in ARTIFACT_FIELDS}
         values.update(promoted_columns(artifact.additional_metadata))
         values["store_id"] = self.store_id
         return values

@@ -31,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -342,6 +342,19 @@ def _json_text(value: Any) -> str:
     return "{}" if value.__class__ is dict and not value else json.dumps(value)
 
 
+def _sqlite_converter(bind_type: Any) -> Callable[[Any], Any] | None:
+    """How a value bound to a parameter of ``bind_type`` is converted for SQLite's driver.
+
+    JSON as ``json.dumps`` text, strings and integers as they are, anything else (datetimes,
+    parameters of no known type) by :func:`sqlite_value`.
+    """
+    if isinstance(bind_type, JSON):
+        return _json_text
+    if isinstance(bind_type, String | Integer):
+        return None
+    return sqlite_value
+
+
 @dataclasses.dataclass(frozen=True)
 class CompiledSelect:
     """A statement compiled once for one dialect, to run on the driver's cursor.
@@ -360,8 +373,9 @@ class CompiledSelect:
         ``"sqlite"`` or ``"postgresql"``.
     defaults : dict
         The values of the parameters SQLAlchemy added itself (``OFFSET 0``, literals).
-    json : frozenset of str
-        The parameters bound to JSON columns (serialized by :meth:`bind` on SQLite).
+    plan : tuple or None
+        On SQLite, per positional parameter: its name and how :meth:`bind` converts its value
+        (``None``: bound as it is, for a string or integer column).
     """
 
     statement: Any
@@ -369,7 +383,7 @@ class CompiledSelect:
     names: tuple[str, ...] | None
     dialect: str
     defaults: dict[str, Any]
-    json: frozenset[str] = frozenset()
+    plan: tuple[tuple[str, Callable[[Any], Any] | None], ...] | None = None
 
     @classmethod
     def of(
@@ -390,10 +404,14 @@ class CompiledSelect:
             for name, bind in compiled.binds.items()
             if not bind.required and (names is None or name in names)
         }
-        json_names = frozenset(
-            name for name, bind in compiled.binds.items() if isinstance(bind.type, JSON)
-        )
-        return cls(statement, compiled.string, names, dialect.name, defaults, json_names)
+        plan = None
+        if names is not None and dialect.name == "sqlite":
+            binds = compiled.binds
+            plan = tuple(
+                (name, _sqlite_converter(binds[name].type if name in binds else None))
+                for name in names
+            )
+        return cls(statement, compiled.string, names, dialect.name, defaults, plan)
 
     def bind(self, params: Mapping[str, Any]) -> Any:
         """Return the driver's parameters for ``params`` (converted as SQLAlchemy would).
@@ -403,17 +421,14 @@ class CompiledSelect:
         """
         if self.defaults:
             params = {**self.defaults, **params}
+        if self.plan is not None:
+            return tuple(
+                [
+                    params[name] if convert is None else convert(params[name])
+                    for name, convert in self.plan
+                ]
+            )
         if self.names is not None:
-            if self.dialect == "sqlite":
-                json_names = self.json
-                return tuple(
-                    [
-                        _json_text(params[name])
-                        if name in json_names
-                        else sqlite_value(params[name])
-                        for name in self.names
-                    ]
-                )
             return tuple([params[name] for name in self.names])
         if self.dialect == "postgresql" and "metadata" in params:
             from psycopg.types.json import Jsonb
