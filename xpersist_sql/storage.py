@@ -482,12 +482,12 @@ class PayloadStorage:
         """Mark a freshly written payload as one write, and return its size and fingerprints.
 
         On local disk its modification time (of the file, or of a directory payload's root) is
-        set to now with random nanoseconds, so that ``(inode, size, mtime_ns)`` names this write
-        alone and survives the rename that publishes it. On object stores a directory payload
-        gets its :data:`COMMIT_TOKEN`, written last.
+        set to now with random nanoseconds (its access time too), so that ``(inode, size,
+        mtime_ns)`` names this write alone and survives the rename that publishes it. On object
+        stores a directory payload gets its :data:`COMMIT_TOKEN`, written last.
         """
         if self.is_local:
-            nonce = _nonce_ns()  # as its access time too: one system call less than keeping it
+            nonce = _nonce_ns()  # the access time too: no lstat to keep the old one
             os.utime(path, ns=(nonce, nonce), follow_symlinks=False)
             after = os.lstat(path)
             if stat_module.S_ISREG(after.st_mode):
