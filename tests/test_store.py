@@ -29,6 +29,7 @@ from xpersist_sql import (
     SerializerNotFoundError,
 )
 from xpersist_sql.db.tables import ARTIFACTS, TAGS
+from xpersist_sql.serializers import Serializer, registry
 from xpersist_sql.storage import HIDDEN_DIR
 
 MakeStore = Callable[..., CacheStore]
@@ -238,6 +239,51 @@ def test_skip_keeps_the_stored_artifact(make_store: MakeStore) -> None:
     assert second == first
     assert store.get("k.json") == {"v": 1}
     assert staging_leftovers(store) == []
+
+
+def test_skip_answers_before_writing_the_value(
+    make_store: MakeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dumps: list[str] = []
+
+    class Counting(Serializer):
+        name = "tests.counting"
+
+        def dump(self, value: str, fs: object, path: str, **kwargs: object) -> None:
+            dumps.append(value)
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(value)
+
+        def load(self, fs: object, path: str, **kwargs: object) -> str:
+            with open(path, encoding="utf-8") as f:
+                return f.read()
+
+    monkeypatch.setitem(registry._REGISTRY, Counting.name, Counting())
+    store = make_store(on_duplicate_key="skip")
+    first = store.put("k.txt", "one", serializer=Counting.name)
+    assert store.put("k.txt", "two", serializer=Counting.name) == first
+    assert dumps == ["one"]  # the stored key was found before the value was written
+
+
+@pytest.mark.parametrize("policy", ["skip", "raise_error"])
+def test_duplicate_policy_holds_for_a_payload_lost_behind_the_index(
+    make_store: MakeStore, policy: str
+) -> None:
+    # no payload at the key: the early lookup is skipped, the transaction still finds the row
+    store = make_store(on_duplicate_key=policy)
+    first = store.put("d/k.json", {"v": 1}, serializer="json")
+    payload = Path(store.path, "d", "k.json")
+    payload.unlink()
+    if policy == "skip":
+        assert store.put("d/k.json", {"v": 2}, serializer="json") == first
+    else:
+        with pytest.raises(DuplicateKeyError, match=r"'d/k\.json'"):
+            store.put("d/k.json", {"v": 2}, serializer="json")
+    assert not payload.exists()  # nothing was published over the stored row
+    assert store.get_artifact("d/k.json") == first
+    assert staging_leftovers(store) == []
+    with pytest.raises(PayloadMissingError):
+        store.get("d/k.json")
 
 
 def test_overwrite_replaces_payload_and_metadata(make_store: MakeStore) -> None:

@@ -448,12 +448,16 @@ class CacheStore:
         recorded_load = json_metadata(load_kwargs, "load_kwargs", where)
         recorded_dump = json_metadata(dump_kwargs, "dump_kwargs", where)
         storage = self._storage
-        storage.check_path(key, final=False)  # no symlink on the way, before any work
+        # no symlink on the way or at the key, before any work; on local disk the same walk
+        # tells whether anything lies at the key (on object stores: assumed, no request)
+        _path, present = storage.locate(key)
 
         rows = self._rows(create=True)  # the first write makes the path a store
         assert rows is not None
-        if policy in (DuplicateKeyEnum.skip, DuplicateKeyEnum.raise_error):
-            # Cheap early answer; the database still decides atomically below.
+        if present and policy in (DuplicateKeyEnum.skip, DuplicateKeyEnum.raise_error):
+            # Cheap early answer, skipped where no payload lies at the key (a stored key has
+            # one, or lost it behind the index's back); the database still decides atomically
+            # below.
             existing = rows.get(key)
             if existing is not None and not existing.is_expired():
                 return self._on_existing(key, existing, None, policy)
