@@ -207,8 +207,6 @@ def _metadata(value: Any) -> tuple[tuple[str, MetadataValue], ...]:
     for name, item in value.items():
         if not isinstance(name, str) or not name:
             raise TypeError(f"metadata field names must be non-empty str, got {name!r}")
-        if '"' in name:
-            raise ValueError(f"metadata field name {name!r} contains '\"', which is not supported")
         if item is not None and not isinstance(item, (str, int, float, bool)):
             raise TypeError(
                 f"metadata[{name!r}] must be a str, int, float, bool or None (equality on a JSON "

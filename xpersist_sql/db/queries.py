@@ -138,13 +138,42 @@ def _value_kind(value: MetadataValue) -> str:
     return "text"
 
 
+def _plain_name(name: str) -> bool:
+    """Whether a metadata name is written into JSON text as it is (nothing escaped)."""
+    return json.dumps(name) == f'"{name}"'
+
+
 def _sqlite_metadata(index: int, kind: str) -> ColumnElement[bool]:
+    """Return the condition ``additional_metadata[name] == value`` of a filter on SQLite.
+
+    A name stored as it is (``"experiment"``) is read with ``json_extract`` and a path. SQLite
+    matches a path's label against the stored text of a name, escapes included (and cannot
+    write a ``"`` in one), so a name the JSON text escapes (non-ASCII, a tab, a backslash, a
+    quote) is matched on its decoded form in ``json_each`` instead (``kind`` ``each:...``).
+    """
+    if kind.startswith("each:"):
+        kind = kind[len("each:") :]
+        entries = func.json_each(ARTIFACTS.c.additional_metadata).table_valued(
+            "key", "value", "type"
+        )
+        json_type: Any = entries.c.type
+        extracted: Any = entries.c.value
+        named = entries.c.key == bindparam(f"meta_name_{index}", type_=String)
+        return exists(
+            select(1)
+            .select_from(entries)
+            .where(named, _json_match(index, kind, json_type, extracted))
+        )
     path = bindparam(f"meta_path_{index}", type_=String)
-    value: Any = bindparam(f"meta_value_{index}")
     json_type = func.json_type(ARTIFACTS.c.additional_metadata, path)
     extracted = func.json_extract(ARTIFACTS.c.additional_metadata, path)
+    return _json_match(index, kind, json_type, extracted)
+
+
+def _json_match(index: int, kind: str, json_type: Any, extracted: Any) -> ColumnElement[bool]:
+    value: Any = bindparam(f"meta_value_{index}")
     if kind in ("null", "true", "false"):
-        return json_type == kind
+        return json_type == kind  # type: ignore[no-any-return]
     if kind == "number":
         return and_(json_type.in_(("integer", "real")), extracted == value)
     return and_(json_type == "text", extracted == value)
@@ -299,8 +328,15 @@ def _shape(query: ArtifactQuery, dialect: str, store_id: int) -> tuple[Any, dict
         if dialect == "postgresql":
             params["metadata"] = dict(query.metadata)
         else:
+            plain = tuple(_plain_name(name) for name, _ in query.metadata)
+            kinds = tuple(
+                kind if ok else f"each:{kind}" for kind, ok in zip(kinds, plain, strict=True)
+            )
             for i, (name, value) in enumerate(query.metadata):
-                params[f"meta_path_{i}"] = f'$."{name}"'
+                if plain[i]:
+                    params[f"meta_path_{i}"] = f'$."{name}"'
+                else:
+                    params[f"meta_name_{i}"] = name
                 params[f"meta_value_{i}"] = value
     if query.since is not None:
         params["since"] = query.since
