@@ -351,6 +351,7 @@ def test_unknown_serializer_lists_the_known_ones_and_writes_nothing(store: Cache
         store.put("x.bin", 1, serializer="nope")
     message = str(info.value)
     assert "'nope'" in message
+    assert "'x.bin'" in message and repr(store.path) in message
     for name in ("xarray.zarr", "json", "joblib", "pandas.parquet"):
         assert name in message
     assert store.keys() == []
@@ -360,8 +361,12 @@ def test_unknown_serializer_lists_the_known_ones_and_writes_nothing(store: Cache
 
 def test_unknown_serializer_on_get(store: CacheStore) -> None:
     store.put("x.json", 1, serializer="json")
-    with pytest.raises(SerializerNotFoundError):
+    with pytest.raises(SerializerNotFoundError) as info:
         store.get("x.json", serializer="nope")
+    message = str(info.value)
+    assert "'nope'" in message and "'x.json'" in message and repr(store.path) in message
+    assert "register_serializer" in message  # the remedy
+    assert store.get("x.json") == 1
 
 
 def test_readonly_store_refuses_writes_and_reads(make_store: MakeStore) -> None:

@@ -435,7 +435,7 @@ class CacheStore:
         key = validate_key(key, store=self.path)
         where = f"put of key {key!r} in store {self.path!r}: "
         name = pick_serializer(value) if serializer == "auto" else serializer
-        ser = get_serializer(name)
+        ser = get_serializer(name, where=where)
         ser.check_requirements()
         delta = _as_timedelta(ttl, where) or self.default_ttl
         policy = _policy(
@@ -672,7 +672,10 @@ class CacheStore:
             # A different row means other writers are making progress: wait them out again.
             settled = artifact == settled_for or rounds >= _MAX_SETTLE_ROUNDS
             check_accepted(artifact, accepted, self.path)
-            ser = get_serializer(serializer or artifact.serializer)
+            ser = get_serializer(
+                serializer or artifact.serializer,
+                where=f"get of key {key!r} in store {self.path!r}: ",
+            )
             check_trusted(
                 artifact,
                 ser,

@@ -274,8 +274,16 @@ def registered_serializers() -> dict[str, Serializer]:
         return dict(_REGISTRY)
 
 
-def get_serializer(name: str) -> Serializer:
+def get_serializer(name: str, *, where: str = "") -> Serializer:
     """Return the serializer registered under ``name``.
+
+    Parameters
+    ----------
+    name : str
+        A registered serializer name.
+    where : str
+        What asked, to begin the error's message with (e.g. ``"put of key 'a' in store
+        '/data': "``).
 
     Raises
     ------
@@ -289,7 +297,7 @@ def get_serializer(name: str) -> Serializer:
     except KeyError:
         known = ", ".join(sorted(_REGISTRY))
         raise SerializerNotFoundError(
-            f"unknown serializer {name!r}; known serializers: {known}. Register a new one with "
-            "@xpersist_sql.serializers.register_serializer or the "
+            f"{where}unknown serializer {name!r}; known serializers: {known}. Register a new one "
+            "with @xpersist_sql.serializers.register_serializer or the "
             f"{ENTRY_POINT_GROUP!r} entry-point group"
         ) from None
