@@ -218,6 +218,28 @@ def test_import_is_idempotent(tmp_path: Path, database_url: str | None) -> None:
     store.close()
 
 
+def test_the_store_imports_its_own_root(tmp_path: Path, database_url: str | None) -> None:
+    root = tmp_path / "old-cache"
+    build_legacy_store(root)
+    store = CacheStore(root, database_url=database_url)
+    report = store.import_legacy(str(root) + "/")  # its own path, as the contract spells it
+    assert sorted(report.imported) == sorted(CREATED)
+    assert store.import_legacy().imported == []  # the default path: the same root, nothing new
+    assert sorted(store.keys()) == sorted(CREATED)
+
+    elsewhere = tmp_path / "other-cache"
+    build_legacy_store(elsewhere)
+    before = _tree(elsewhere)
+    with pytest.raises(ValueError, match="indexed in place") as info:
+        store.import_legacy(elsewhere)
+    assert str(elsewhere) in str(info.value) and store.path in str(info.value)
+    assert "xpersist_sql.import_legacy(" in str(info.value)  # the remedy
+    assert _tree(elsewhere) == before  # nothing moved
+    assert not (elsewhere / ".xpersist_sql").exists()  # and no index was created there
+    assert sorted(store.keys()) == sorted(CREATED)
+    store.close()
+
+
 def test_keys_already_in_the_index_are_left_alone(tmp_path: Path, database_url: str | None) -> None:
     root = tmp_path / "old-cache"
     root.mkdir()

@@ -1379,21 +1379,58 @@ class CacheStore:
             now=now,
         )
 
-    def import_legacy(self, *, progress: Progress | None = None) -> LegacyImportReport:
+    def import_legacy(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        progress: Progress | None = None,
+    ) -> LegacyImportReport:
         """Index the 2021 xpersist sidecars under this store's root, in place.
 
         Payloads stay where they are; running it again changes nothing (see
         :mod:`xpersist_sql.legacy`).
 
+        Parameters
+        ----------
+        path : str or path-like, optional
+            The 2021 store's root: this store's own path (the default). A 2021 store is
+            imported where it lies; to import another directory, open it:
+            ``CacheStore(path).import_legacy()`` or :func:`xpersist_sql.import_legacy`.
+        progress : callable, optional
+            ``progress("importing", done, total)``.
+
+        Returns
+        -------
+        LegacyImportReport
+            What was imported, and what was skipped and why.
+
         Raises
         ------
+        ValueError
+            If ``path`` is not this store's root.
         FileNotFoundError
             If the root has no ``xpersist_metadata_store`` directory.
         ReadonlyStoreError
             If the store is readonly.
         """
+        if path is not None and not self._is_own_root(path):
+            raise ValueError(
+                f"cannot import the 2021 store {os.fspath(path)!r} into the store {self.path!r}: "
+                "a 2021 store is indexed in place, where its payloads lie, and that is another "
+                f"directory. Use xpersist_sql.import_legacy({os.fspath(path)!r}), or "
+                "CacheStore(path).import_legacy()"
+            )
         self._check_maintenance("import a legacy store")
         return import_legacy_into(self._backend, progress=progress)
+
+    def _is_own_root(self, path: str | os.PathLike[str]) -> bool:
+        raw = os.fspath(path)
+        if self._storage.is_local:
+            if "://" in raw and not raw.startswith("file://"):
+                return False
+            raw = raw.removeprefix("file://")
+            return os.path.realpath(os.path.expanduser(raw)) == os.path.realpath(self.path)
+        return raw.rstrip("/") == self.path
 
     # -- locks ---------------------------------------------------------------------------------
     @contextlib.contextmanager
