@@ -395,6 +395,17 @@ class StoreBackend:
     def _write_lock(self, key: str) -> KeyLock:
         return key_lock(self.engine, WRITE_LOCK_PREFIX + key, store=self.storage.url())
 
+    def check_overlap(self, key: str) -> None:
+        """Raise :class:`OverlappingKeyError` if a stored key contains ``key`` or lies inside it.
+
+        A read, ahead of a write (the write transaction decides again, atomically).
+        """
+        index = self.index()
+        if index is None:
+            return
+        with index.read() as conn:
+            self._overlap(index, conn, key)
+
     def _overlap(self, index: ArtifactIndex, conn: WriteConnection, key: str) -> None:
         conflict = index.conflicting_key(conn, key)
         if conflict is None:

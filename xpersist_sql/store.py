@@ -515,6 +515,36 @@ class CacheStore:
                 self._size_guard.after_put(self._backend, stored)
         return stored
 
+    def check_writable(self, key: str) -> str:
+        """Raise what a put of ``key`` would raise before anything is written; return the key.
+
+        For work that is expensive to redo, ahead of computing the value (the Prefect
+        integration calls it before a task's body runs on a miss). The put decides again,
+        atomically: a key taken meanwhile still fails there.
+
+        Parameters
+        ----------
+        key : str
+            The key a value is about to be put under.
+
+        Returns
+        -------
+        str
+            The key, validated.
+
+        Raises
+        ------
+        ReadonlyStoreError, InvalidKeyError, UnsafePathError
+            As :meth:`put` raises them.
+        OverlappingKeyError
+            If a stored key contains ``key`` or lies inside it.
+        """
+        self._check_writable("put", key)
+        key = validate_key(key, store=self.path)
+        self._storage.check_path(key, final=True)
+        self._backend.check_overlap(key)
+        return key
+
     def _dump(
         self,
         key: str,

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
 from prefect import flow
 from prefect.client.orchestration import get_client
 
-from xpersist_sql import CacheStore, InvalidKeyError
+from xpersist_sql import (
+    CacheStore,
+    InvalidKeyError,
+    OverlappingKeyError,
+    ReadonlyStoreError,
+    UnsafePathError,
+)
 from xpersist_sql.prefect import TEMPLATE_NAMES, TargetTemplateError, xpersist_task
 from xpersist_sql.prefect._context import RunContext, render_target
 
@@ -118,6 +126,69 @@ def test_bad_targets_fail_the_task_before_the_body(pstore: CacheStore) -> None:
     with pytest.raises(TargetTemplateError, match=r"uses \{flow_run_name\}.*outside a flow"):
         outside()
     assert calls == []
+
+
+def test_keys_the_store_refuses_fail_the_task_before_the_body(
+    db_store: CacheStore, tmp_path: Path
+) -> None:
+    # a key inside a stored key, a key containing one, a key through a symbolic link
+    db_store.put("a", 1, serializer="json")
+    db_store.put("b/c.json", 2, serializer="json")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    Path(db_store.path, "link").symlink_to(outside)
+    calls: list[str] = []
+
+    @xpersist_task(store=db_store, target="a/b.json", serializer="json")
+    def inside() -> int:
+        calls.append("inside")
+        return 3
+
+    @xpersist_task(store=db_store, target="b", serializer="json")
+    def containing() -> int:
+        calls.append("containing")
+        return 4
+
+    @xpersist_task(store=db_store, target="link/x.json", serializer="json")
+    async def linked() -> int:
+        calls.append("linked")
+        return 5
+
+    @flow(name="refused-keys")
+    async def refused() -> list[Any]:
+        return [
+            inside(return_state=True),
+            containing(return_state=True),
+            await linked(return_state=True),
+        ]
+
+    states = asyncio.run(refused(return_state=True)).result(raise_on_failure=False)
+    assert all(state.is_failed() for state in states)
+    assert calls == [], "the body must not run when the store would refuse its key"
+    with pytest.raises(OverlappingKeyError, match=r"'a/b\.json'.*lies inside the stored key 'a'"):
+        states[0].result()
+    with pytest.raises(OverlappingKeyError, match=r"contains the stored key 'b/c\.json'"):
+        states[1].result()
+    with pytest.raises(UnsafePathError, match="symbolic link"):
+        states[2].result()
+    assert sorted(db_store.keys()) == ["a", "b/c.json"]
+    assert list(outside.iterdir()) == []
+
+
+def test_check_writable(db_store: CacheStore) -> None:
+    db_store.put("a/b.json", 1, serializer="json")
+    assert db_store.check_writable("a/c.json") == "a/c.json"
+    assert db_store.check_writable("a/b.json") == "a/b.json"  # a duplicate: the policy decides
+    with pytest.raises(OverlappingKeyError, match="lies inside the stored key"):
+        db_store.check_writable("a/b.json/x")
+    with pytest.raises(OverlappingKeyError, match="contains the stored key"):
+        db_store.check_writable("a")
+    with pytest.raises(InvalidKeyError):
+        db_store.check_writable("../x.json")
+    readonly = CacheStore(db_store.path, database_url=db_store.database_url, readonly=True)
+    with pytest.raises(ReadonlyStoreError):
+        readonly.check_writable("new.json")
+    readonly.close()
 
 
 def test_render_target_without_prefect() -> None:

@@ -335,6 +335,16 @@ class _Call:
         )
         return True
 
+    def check_writable(self) -> None:
+        """Fail before the body runs where the store would refuse to put its value at the key.
+
+        An invalid or unsafe key, or one that contains a stored key or lies inside one. A
+        readonly store computes and returns the value without storing it (:meth:`save`).
+        """
+        store = self.spec.store
+        if not store.readonly:
+            store.check_writable(self.key)
+
     def save(self, value: Any) -> Artifact | None:
         """Put the body's value under the key (overwriting on refresh or a broken hit).
 
@@ -492,6 +502,7 @@ def _sync_wrapper(spec: _Spec) -> Callable[..., Any]:
                 found, value = call.lookup()
                 if found:
                     return call.hit(value)
+            call.check_writable()
             value = fn(*args, **kwargs)
             if not isinstance(value, State):
                 call.undo_on_rollback(call.save(value))
@@ -521,6 +532,7 @@ def _async_wrapper(spec: _Spec) -> Callable[..., Coroutine[Any, Any, Any]]:
                 found, value = await asyncio.to_thread(call.lookup)
                 if found:
                     return call.hit(value)
+            await asyncio.to_thread(call.check_writable)
             value = await fn(*args, **kwargs)
             if not isinstance(value, State):
                 call.undo_on_rollback(await asyncio.to_thread(call.save, value))
@@ -827,8 +839,10 @@ def xpersist_task(
     Notes
     -----
     The target is rendered when the task run starts; an unknown template name
-    (:class:`~xpersist_sql.prefect.TargetTemplateError`) or an invalid key
-    (:class:`~xpersist_sql.InvalidKeyError`) fails the task before the body runs. A hit is
+    (:class:`~xpersist_sql.prefect.TargetTemplateError`), an invalid key
+    (:class:`~xpersist_sql.InvalidKeyError`) or, on a miss, a key the store would refuse to
+    write (:meth:`CacheStore.check_writable <xpersist_sql.CacheStore.check_writable>`) fails
+    the task before the body runs. A hit is
     validated: a row whose payload is missing or unreadable is a miss that logs a warning,
     recomputes and overwrites. A body that raises stores nothing. Two runs storing the same
     missing target at once follow the store's ``on_duplicate_key``. On a readonly store, hits
