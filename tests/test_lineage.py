@@ -14,7 +14,14 @@ import sqlalchemy as sa
 from xpersist_sql import Artifact, ArtifactNotFoundError, CacheStore, ReadonlyStoreError
 from xpersist_sql.db.tables import EDGES
 from xpersist_sql.lineage import DERIVED_FROM, parents_of, to_dot, to_mermaid
-from xpersist_sql.provenance import ArtifactIdentity, identity_of, store_id
+from xpersist_sql.provenance import (
+    LOADED_CONTAINERS,
+    ArtifactIdentity,
+    forget,
+    identity_of,
+    lineage_of,
+    store_id,
+)
 
 
 def keys(artifacts: list[Artifact]) -> list[str]:
@@ -126,6 +133,24 @@ def test_a_value_loaded_from_a_store_read_before_its_first_write_links(
 
 
 # -- walking ---------------------------------------------------------------------------------
+def test_loaded_dicts_and_lists_are_known_to_lineage_only(store: CacheStore) -> None:
+    store.put("d.json", {"a": 1}, serializer="json")
+    store.put("n.json", 7, serializer="json")
+    loaded = store.get("d.json")
+    found = lineage_of(loaded)
+    assert found is not None and found.key == "d.json"
+    assert identity_of(loaded) is None  # it hashes by its data
+    assert lineage_of({"a": 1}) is None  # an equal dict is not the loaded one
+    assert lineage_of(store.get("n.json")) is None  # numbers are shared objects: never noted
+    forget(loaded)
+    assert lineage_of(loaded) is None
+
+    first = store.get("d.json")
+    later = [store.get("d.json") for _ in range(LOADED_CONTAINERS)]
+    assert lineage_of(first) is None  # only the last LOADED_CONTAINERS are kept
+    assert all(lineage_of(value) is not None for value in later)
+
+
 def test_lineage_upstream_and_downstream_of_a_chain(chain: CacheStore) -> None:
     assert keys(chain.lineage("clim.json")) == ["regrid.json", "raw.json"]
     assert keys(chain.lineage("clim.json", depth=1)) == ["regrid.json"]

@@ -35,6 +35,7 @@ import textwrap
 import threading
 import types
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -54,6 +55,7 @@ __all__ = [
     "hash_inputs",
     "hash_value",
     "identity_of",
+    "lineage_of",
     "record_loaded",
     "register_artifact",
     "store_id",
@@ -118,6 +120,10 @@ class _Loaded:
 _LOCK = threading.Lock()
 #: id(value) -> (weak reference to the value, what it was loaded as)
 _LOADED: dict[int, tuple[weakref.ref[Any], _Loaded]] = {}
+#: How many loaded dicts and lists (no weak references) :func:`lineage_of` remembers.
+LOADED_CONTAINERS = 32
+#: id(value) -> (the value, kept alive so that its id names it, what it was loaded as)
+_CONTAINERS: OrderedDict[int, tuple[Any, _Loaded]] = OrderedDict()
 #: store object -> its id (one marker read per store object and process)
 _STORE_IDS: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 
@@ -155,8 +161,10 @@ def _forget(object_id: int, ref: weakref.ref[Any]) -> None:
 def record_loaded(value: Any, store: Any, artifact: Artifact) -> None:
     """Note that ``value`` was loaded from ``artifact`` of ``store`` (called by ``get``).
 
-    Values that cannot be weakly referenced (dicts, lists, str, numbers) are not noted: they
-    hash by value. Never raises and keeps nothing alive but the store.
+    Values that cannot be weakly referenced (dicts, lists, str, numbers) hash by value and
+    have no :func:`identity_of`. The last :data:`LOADED_CONTAINERS` dicts and lists loaded are
+    kept (alive, so that their ids name them) for :func:`lineage_of` alone; str and numbers,
+    which other code may share (``1`` is one object everywhere), are not noted. Never raises.
 
     Parameters
     ----------
@@ -170,6 +178,12 @@ def record_loaded(value: Any, store: Any, artifact: Artifact) -> None:
     try:
         ref = weakref.ref(value)
     except TypeError:
+        if type(value) in (dict, list):  # a fresh object of the load, shared with nobody
+            with _LOCK:
+                _CONTAINERS[id(value)] = (value, _Loaded(store, artifact))
+                _CONTAINERS.move_to_end(id(value))
+                while len(_CONTAINERS) > LOADED_CONTAINERS:
+                    _CONTAINERS.popitem(last=False)
         return
     loaded = _Loaded(store, artifact)
     with _LOCK:
@@ -238,6 +252,9 @@ def forget(value: Any) -> None:
         held = _LOADED.get(id(value))
         if held is not None and held[0]() is value:
             del _LOADED[id(value)]
+        kept = _CONTAINERS.get(id(value))
+        if kept is not None and kept[0] is value:
+            del _CONTAINERS[id(value)]
 
 
 def identity_of(value: Any) -> ArtifactIdentity | None:
@@ -259,6 +276,34 @@ def identity_of(value: Any) -> ArtifactIdentity | None:
     if held is None or held[0]() is not value:
         return None
     return held[1].identity()
+
+
+def lineage_of(value: Any) -> ArtifactIdentity | None:
+    """Return the artifact ``value`` was loaded from, for lineage, or ``None``.
+
+    :func:`identity_of`, and also for one of the last :data:`LOADED_CONTAINERS` dicts and lists
+    returned by ``CacheStore.get`` (a JSON payload's value). Those still hash by their data
+    (:func:`hash_inputs`): a dict changed after its load would otherwise hash as the artifact
+    it no longer is, while "computed from that artifact" stays true of it.
+
+    Parameters
+    ----------
+    value : object
+        Any value.
+
+    Returns
+    -------
+    ArtifactIdentity or None
+        The artifact it was loaded as, where this process knows it.
+    """
+    found = identity_of(value)
+    if found is not None or type(value) not in (dict, list):
+        return found
+    with _LOCK:
+        kept = _CONTAINERS.get(id(value))
+    if kept is None or kept[0] is not value:
+        return None
+    return kept[1].identity()
 
 
 # -- hashing -------------------------------------------------------------------------------------

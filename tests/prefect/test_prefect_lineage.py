@@ -204,6 +204,43 @@ def test_lineage_through_a_plain_dict_call_and_a_value_loaded_by_the_flow(
     ]
 
 
+def test_lineage_of_json_values_loaded_by_the_flow(db_store: CacheStore) -> None:
+    # dicts and lists take no weak reference: the last ones loaded are remembered for lineage
+    db_store.put("settings.json", {"a": 1}, serializer="json")
+    db_store.put("members.json", [1, 2, 3], serializer="json")
+    db_store.put("scale.json", 2, serializer="json")
+
+    @xpersist_task(store=db_store, target="derived/{inputs_hash}.json", serializer="json")
+    def derived(settings: dict, members: list, scale: int) -> list:
+        return [m * settings["a"] * scale for m in members]
+
+    @flow(name="json-inputs")
+    def pipeline() -> list:
+        settings = db_store.get("settings.json")
+        members = db_store.get("members.json")
+        return derived(settings, members, db_store.get("scale.json"))
+
+    assert pipeline() == [2, 4, 6]
+    (key,) = [k for k in db_store.keys() if k.startswith("derived/")]  # noqa: SIM118
+    # a number shares its object with any other 2: it cannot name the artifact it came from
+    assert sorted(_keys(db_store.lineage(key, "upstream"))) == ["members.json", "settings.json"]
+
+    # they still hash by their data: the same data again is the same key, a hit
+    db_store.put("settings.json", {"a": 1}, serializer="json", on_duplicate_key="overwrite")
+    assert pipeline() == [2, 4, 6]
+    assert [k for k in db_store.keys() if k.startswith("derived/")] == [key]  # noqa: SIM118
+    # a dict changed after its load hashes as what it now is, not as the artifact
+    settings = db_store.get("settings.json")
+    settings["a"] = 5
+
+    @flow(name="json-changed")
+    def changed() -> list:
+        return derived(settings, [1], 1)
+
+    assert changed() == [5]
+    assert len([k for k in db_store.keys() if k.startswith("derived/")]) == 2  # noqa: SIM118
+
+
 def test_lineage_of_async_tasks(db_store: CacheStore) -> None:
     @xpersist_task(store=db_store, target="a.json", serializer="json")
     async def first() -> dict:

@@ -3,9 +3,11 @@
 Two sources, both read when an xpersist task stores a value:
 
 - **Arguments loaded from a store.** A bound argument (or an element of a list, tuple, set or
-  dict argument) that :func:`xpersist_sql.provenance.identity_of` knows: a value returned by
-  ``CacheStore.get`` (an upstream xpersist task's hit, or the user's own ``store.get``), or the
-  value an upstream xpersist task of this process has just stored.
+  dict argument) that :func:`xpersist_sql.provenance.lineage_of` knows: a value returned by
+  ``CacheStore.get`` (an upstream xpersist task's hit, or the user's own ``store.get``; of
+  dicts and lists, the last ones loaded), or the value an upstream xpersist task of this
+  process has just stored. A number or a string is no such argument: it shares its object with
+  every equal one.
 - **Upstream task runs whose results are stored.** Prefect records, for each argument that was
   a future, a state or the result of another task run, the upstream task run's id in the task
   run's ``task_inputs``. Every xpersist task run that ends with a stored artifact (a write or a
@@ -30,7 +32,7 @@ from prefect.context import TaskRunContext
 
 from ..errors import ArtifactNotFoundError
 from ..models import Artifact
-from ..provenance import ArtifactIdentity, identity_of
+from ..provenance import ArtifactIdentity, lineage_of
 from ..provenance import store_id as provenance_store_id
 from ..store import CacheStore
 
@@ -52,7 +54,7 @@ _NOT_DATA = frozenset({"__parents__", "wait_for"})
 
 
 def identity_from(store: CacheStore, artifact: Artifact) -> ArtifactIdentity:
-    """Return the identity of ``artifact`` of ``store`` (as ``identity_of`` would).
+    """Return the identity of ``artifact`` of ``store`` (as ``lineage_of`` would).
 
     Only for a store that holds an artifact (its id is read from its marker, and remembered).
     """
@@ -232,5 +234,5 @@ def parents_of(
                 add(stored.identity(), stored.store)
     for value in parameters.values():
         for item in _values(value):
-            add(identity_of(item), None)
+            add(lineage_of(item), None)
     return list(found.values())
