@@ -233,6 +233,22 @@ def test_evict_function_dry_run_and_keep(store: CacheStore) -> None:
     assert store.evict(2500).evicted == []  # fits: nothing to do
 
 
+def test_evict_to_zero_empties_the_store_but_what_is_kept(store: CacheStore) -> None:
+    for name in ["a", "b", "c"]:
+        store.put(f"{name}.json", _value(1000), serializer="json")
+    outside = Path(store.path).parent / "beside.txt"
+    outside.write_text("not the store's")
+    report = store.evict(0, keep={"b.json"})
+    assert sorted(item.key for item in report.evicted) == ["a.json", "c.json"]
+    assert store.keys() == ["b.json"] and report.size_after == 1000
+    assert not Path(store.path, "a.json").exists() and Path(store.path, "b.json").exists()
+    assert outside.read_text() == "not the store's"
+    assert [item.key for item in store.evict("0B").evicted] == ["b.json"]
+    assert store.keys() == []
+    with pytest.raises(ValueError, match="0 or more"):
+        store.evict(-1)
+
+
 def test_evict_skips_an_artifact_rewritten_meanwhile(make_store: MakeStore) -> None:
     store = make_store()
     writer = make_store(on_duplicate_key="overwrite")

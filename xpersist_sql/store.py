@@ -1368,7 +1368,8 @@ class CacheStore:
         Parameters
         ----------
         max_size : int or str, optional
-            The limit (bytes or ``"50GB"``); default: the store's ``max_size``.
+            The limit (bytes or ``"50GB"``); default: the store's ``max_size``. ``0`` evicts
+            every artifact not in ``keep``.
         target : int or str, optional
             Evict down to this size (default: ``max_size``).
         dry_run : bool

@@ -43,7 +43,7 @@ _DURATION_FORMS = (
 
 
 # -- sizes -----------------------------------------------------------------------------------------
-def parse_size(value: int | str) -> int:
+def parse_size(value: int | str, *, allow_zero: bool = False) -> int:
     """Return a size in bytes from an int or a string such as ``"50GB"``, ``"500 MiB"``.
 
     Units: ``B``, ``KB``/``MB``/``GB``/``TB``/``PB`` (powers of 1000, also written ``K``, ``M``,
@@ -54,11 +54,13 @@ def parse_size(value: int | str) -> int:
     ----------
     value : int or str
         A number of bytes, or a string with a number and an optional unit.
+    allow_zero : bool
+        Accept a size of 0 (e.g. evicting down to nothing).
 
     Returns
     -------
     int
-        The size in bytes (always positive).
+        The size in bytes (positive; or 0 with ``allow_zero``).
 
     Raises
     ------
@@ -90,8 +92,10 @@ def parse_size(value: int | str) -> int:
         number, prefix, binary, _ = match.groups()
         base = 1024 if binary else 1000
         size = int(float(number) * base ** _POWERS[prefix.lower()])
-    if size <= 0:
-        raise ValueError(f"a size must be positive, got {value!r}")
+    if size < 0 or (size == 0 and not allow_zero):
+        raise ValueError(
+            f"a size must be {'0 or more' if allow_zero else 'positive'}, got {value!r}"
+        )
     return size
 
 

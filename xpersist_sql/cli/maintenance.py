@@ -7,6 +7,7 @@ to stdout as a table or, with ``--json``, as JSON.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
@@ -244,7 +245,9 @@ def evict_command(
     """Evict least-recently-used artifacts (expired ones first) until the store fits."""
     err = stderr()
     with user_errors():
-        limit = _option_value("--max-size", parse_size, max_size)
+        limit = _option_value(
+            "--max-size", functools.partial(parse_size, allow_zero=True), max_size
+        )
         with where.open(readonly=dry_run) as opened, progress_bar(err) as progress:
             report = opened.evict(limit, dry_run=dry_run, progress=progress)
     if as_json:

@@ -107,8 +107,8 @@ def evict(
     StoreNotFoundError
         If the root carries no store marker.
     """
-    limit = parse_size(max_size)
-    goal = limit if target is None else min(parse_size(target), limit)
+    limit = parse_size(max_size, allow_zero=True)  # 0: evict everything not kept
+    goal = limit if target is None else min(parse_size(target, allow_zero=True), limit)
     report = progress or _noop
     if backend.marker() is None:
         backend.require_store()
