@@ -178,7 +178,7 @@ def record_loaded(value: Any, store: Any, artifact: Artifact) -> None:
     try:
         ref = weakref.ref(value)
     except TypeError:
-        if type(value) in (dict, list):  # a fresh object of the load, shared with nobody
+        if type(value) in (dict, list):  # one object: a load's, or the value just stored
             with _LOCK:
                 _CONTAINERS[id(value)] = (value, _Loaded(store, artifact))
                 _CONTAINERS.move_to_end(id(value))
