@@ -1016,6 +1016,84 @@ def test_gc_never_follows_links(tmp_path: Path, make_store: MakeStore) -> None:
     assert store.verify().ok
 
 
+@pytest.mark.parametrize("name", ["staging", "trash"])
+def test_an_internal_directory_replaced_by_a_symlink(
+    tmp_path: Path, make_store: MakeStore, name: str
+) -> None:
+    # gc, put, overwrite, delete and the repair of a read never list, write or remove through it
+    root = tmp_path / "store"
+    store = make_store(root, on_duplicate_key="overwrite")
+    store.put("a.json", 1, serializer="json")
+    victim = _victim(tmp_path / "outside")
+    shutil.rmtree(root / HIDDEN_DIR / name, ignore_errors=True)
+    os.symlink(victim, root / HIDDEN_DIR / name)
+    outside = snapshot(tmp_path, skip=root)
+    rows = store_rows(store.engine, store_id(store))
+    for dry_run in (True, False):
+        with pytest.raises(UnsafePathError, match=rf"{name} directory .* is a symbolic link"):
+            store.gc(older_than=0, now=later(), dry_run=dry_run)
+    result = CliRunner().invoke(
+        app, ["gc", "--store", str(root), "--db", store.database_url, "--older-than", "0"]
+    )
+    assert result.exit_code == 2 and "symbolic link" in result.output
+    with pytest.raises(UnsafePathError, match="symbolic link"):
+        if name == "staging":
+            store.put("b.json", 2, serializer="json")
+        else:
+            store.put("a.json", 3, serializer="json")  # the old payload would go to the trash
+    with pytest.raises(UnsafePathError, match="symbolic link"):
+        if name == "staging":
+            store.put("a.json", 3, serializer="json")
+        else:
+            store.delete("a.json")
+    assert snapshot(tmp_path, skip=root) == outside
+    assert store_rows(store.engine, store_id(store)) == rows
+    assert store.get("a.json") == 1
+
+
+def test_a_hidden_directory_linked_to_another_store(tmp_path: Path, make_store: MakeStore) -> None:
+    # the link would make the second folder pass for the first store: gc would take its files
+    first = make_store(tmp_path / "first")
+    first.put("x.json", 1, serializer="json")
+    first_id = store_id(first)
+    second = tmp_path / "second"
+    user_files(second)
+    os.symlink(tmp_path / "first" / HIDDEN_DIR, second / HIDDEN_DIR)
+    with first.engine.connect() as conn:
+        stores = conn.execute(sa.text("SELECT * FROM xpersist_stores")).all()
+    before = without_wal(snapshot(tmp_path))
+    for call in (
+        lambda: CacheStore(second).keys(),
+        lambda: CacheStore(second).put("y.json", 2, serializer="json"),
+        lambda: CacheStore(second).gc(older_than=0, now=later()),
+        lambda: CacheStore(second, readonly=True).keys(),
+    ):
+        with pytest.raises(UnsafePathError, match=r"hidden directory .* is a symbolic link"):
+            call()
+    result = CliRunner().invoke(app, ["gc", "--store", str(second), "--older-than", "0"])
+    assert result.exit_code == 2 and "symbolic link" in result.output
+    assert without_wal(snapshot(tmp_path)) == before
+    with first.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT * FROM xpersist_stores")).all() == stores
+    assert store_id(first) == first_id and first.get("x.json") == 1
+
+
+def test_a_locks_directory_replaced_by_a_symlink(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    store = CacheStore(root)
+    store.put("a.json", 1, serializer="json")
+    victim = _victim(tmp_path / "outside")
+    shutil.rmtree(root / HIDDEN_DIR / "locks", ignore_errors=True)
+    os.symlink(victim, root / HIDDEN_DIR / "locks")
+    outside = snapshot(tmp_path, skip=root)
+    with (
+        pytest.raises(UnsafePathError, match=r"locks directory .* is a symbolic link"),
+        store.lock("a.json"),
+    ):
+        pass
+    assert snapshot(tmp_path, skip=root) == outside
+
+
 # == 7. reading creates nothing =================================================================
 def _as_reader() -> list[str]:
     """The command prefix that runs a process as a user who cannot write the test's files."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+import stat
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -25,10 +26,13 @@ from datetime import datetime, timezone
 from fsspec import AbstractFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
+from .errors import UnsafePathError
+
 __all__ = [
     "HIDDEN_DIR",
     "MARKER_NAME",
     "StoreMarker",
+    "check_real_dir",
     "create_marker",
     "marker_path",
     "read_marker",
@@ -81,6 +85,32 @@ def _parse(raw: bytes, where: str) -> StoreMarker:
     return StoreMarker(store_id=store_id, created_at=str(created_at))
 
 
+def check_real_dir(path: str, what: str) -> bool:
+    """Return whether a local directory of a store exists; raise if it is a link or a file.
+
+    A store's hidden directory and the directories in it (``staging``, ``trash``, ``locks``)
+    are its own: reached through a symbolic link, a store would read, write and remove the
+    files of whatever the link points at.
+
+    Raises
+    ------
+    UnsafePathError
+        If ``path`` is a symbolic link, or something other than a directory.
+    """
+    try:
+        mode = os.lstat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    if stat.S_ISDIR(mode):
+        return True
+    kind = "a symbolic link" if stat.S_ISLNK(mode) else "not a directory"
+    raise UnsafePathError(
+        f"the store's {what} {path!r} is {kind}: xpersist_sql never follows links inside a "
+        "store, nor reads, writes or removes what one points at. Replace it with a directory "
+        "of its own (or remove it: the store makes it again)"
+    )
+
+
 def read_marker(fs: AbstractFileSystem, root: str) -> StoreMarker | None:
     """Return the marker of the store at ``root``, or None when ``root`` holds none.
 
@@ -90,7 +120,9 @@ def read_marker(fs: AbstractFileSystem, root: str) -> StoreMarker | None:
         If a marker exists but cannot be read as one.
     """
     path = marker_path(root)
-    if not isinstance(fs, LocalFileSystem):
+    if isinstance(fs, LocalFileSystem):
+        check_real_dir(posixpath.dirname(path), "hidden directory")
+    else:
         fs.invalidate_cache(path)
     try:
         raw = fs.cat_file(path)

@@ -42,7 +42,7 @@ from fsspec import AbstractFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
 from .errors import InvalidKeyError, UnsafePathError
-from .marker import HIDDEN_DIR
+from .marker import HIDDEN_DIR, check_real_dir
 
 __all__ = [
     "COMMIT_TOKEN",
@@ -320,6 +320,34 @@ class PayloadStorage:
         """Path of a sub-directory of the hidden directory (``staging``, ``trash``, ``locks``)."""
         return self._join(HIDDEN_DIR, name)
 
+    def check_internal_dir(self, name: str) -> bool:
+        """Return whether ``internal_dir(name)`` exists, checking it is the store's own.
+
+        On local disk neither it nor the hidden directory may be a symbolic link (the store
+        would write and remove files wherever it points); object stores have no links.
+
+        Raises
+        ------
+        UnsafePathError
+            If either is a symbolic link or not a directory.
+        """
+        if not self.is_local:
+            return True
+        if not check_real_dir(self.hidden_dir, "hidden directory"):
+            return False
+        return check_real_dir(self.internal_dir(name), f"{name} directory")
+
+    def _make_internal_dir(self, name: str) -> str:
+        directory = self.internal_dir(name)
+        if self.is_local:
+            if not check_real_dir(directory, f"{name} directory"):  # one lstat once it exists
+                check_real_dir(self.hidden_dir, "hidden directory")
+                os.makedirs(directory, exist_ok=True)
+                self.check_internal_dir(name)  # nothing swapped a link in meanwhile
+        else:
+            self.fs.makedirs(directory, exist_ok=True)
+        return directory
+
     # -- guards ----------------------------------------------------------------------------------
     def check_path(self, key: str, *, final: bool = True) -> str:
         """Return the path of ``key`` after checking that no component of it is a symlink.
@@ -410,13 +438,15 @@ class PayloadStorage:
             return False
         return any(f"/{HIDDEN_DIR}/" in f"/{name}/" for name in names)
 
-    def _inside_internal(self, path: str) -> bool:
-        names = ("staging", "trash", COMMIT_TOKEN)
-        prefixes = [self.internal_dir(name).rstrip("/") + "/" for name in names]
+    def _inside_internal(self, path: str) -> str | None:
+        """Return the internal directory ``path`` lies in (``staging``, ``trash``...), or None."""
         normal = posixpath.normpath(path)
-        return any(normal.startswith(prefix) for prefix in prefixes) and ".." not in normal.split(
-            "/"
-        )
+        if ".." in normal.split("/"):
+            return None
+        for name in ("staging", "trash", COMMIT_TOKEN):
+            if normal.startswith(self.internal_dir(name).rstrip("/") + "/"):
+                return name
+        return None
 
     # -- writing ---------------------------------------------------------------------------------
     def staging_path(self, key: str) -> str:
@@ -430,11 +460,8 @@ class PayloadStorage:
         writer can be told apart by key (:meth:`staged_payload`).
         """
         staging = self._staging
-        if self.is_local:
-            if not os.path.isdir(staging):  # one stat once it exists
-                os.makedirs(staging, exist_ok=True)
-        else:
-            self.fs.makedirs(staging, exist_ok=True)
+        if not self.is_local or not check_real_dir(staging, "staging directory"):
+            self._make_internal_dir("staging")  # on local disk one lstat once it exists
         entry = f"{key_tag(key)}-{os.urandom(16).hex()}"  # as uuid4().hex: 32 random hex digits
         name = posixpath.basename(key)
         flat = f"{entry}-{name}"
@@ -693,8 +720,7 @@ class PayloadStorage:
         self._refresh(target)
 
     def _trash_path(self, key: str) -> str:
-        trash_dir = self.internal_dir("trash")
-        self.fs.makedirs(trash_dir, exist_ok=True)
+        trash_dir = self._make_internal_dir("trash")
         return posixpath.join(trash_dir, f"{key_tag(key)}-{uuid.uuid4().hex}")
 
     def find_displaced(self, key: str, fingerprint: str) -> str | None:
@@ -708,6 +734,8 @@ class PayloadStorage:
         tag = key_tag(key)
         candidates: list[str] = []
         for sub in ("staging", "trash"):
+            if not self.check_internal_dir(sub):  # never looks through a link
+                continue
             base = self.internal_dir(sub)
             self._refresh(base)
             try:
@@ -772,12 +800,15 @@ class PayloadStorage:
         """
         if not path:
             return
-        if not self._inside_internal(path):
+        inside = self._inside_internal(path)
+        if inside is None:
             raise UnsafePathError(
                 f"refusing to remove {path!r}: only the store's staging and trash entries are "
                 "removed directly"
             )
         if self.is_local:
+            if not self.check_internal_dir(inside):
+                return  # no such directory: nothing in it to remove
             try:
                 mode = os.lstat(path).st_mode
             except FileNotFoundError:

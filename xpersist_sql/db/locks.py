@@ -21,7 +21,7 @@ from typing import Protocol
 import filelock
 from sqlalchemy import Connection, Engine, exc, text
 
-from ..errors import LockTimeoutError
+from ..errors import LockTimeoutError, UnsafePathError
 from .engine import redact_url, sqlite_path
 
 __all__ = [
@@ -185,6 +185,12 @@ class FileKeyLock:
 
     def _new(self) -> filelock.BaseFileLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.parent.is_symlink():
+            raise UnsafePathError(
+                f"the locks directory {str(self.path.parent)!r} of store {self.store!r} is a "
+                "symbolic link: xpersist_sql never creates files where one points. Replace it "
+                "with a directory of its own (or remove it: the store makes it again)"
+            )
         return filelock.FileLock(str(self.path), thread_local=False)
 
     def acquire(self, timeout: float | None = None) -> None:

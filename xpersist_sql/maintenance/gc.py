@@ -202,6 +202,8 @@ def _find_orphans(storage: PayloadStorage, keys: set[str]) -> list[tuple[str, di
 
 def _internal_entries(storage: PayloadStorage, name: str) -> list[tuple[str, dict[str, Any]]]:
     directory = storage.internal_dir(name)
+    if not storage.check_internal_dir(name):  # never lists through a link
+        return []
     try:
         entries = storage.fs.ls(directory, detail=True)
     except FileNotFoundError:
