@@ -104,6 +104,50 @@ def test_a_callable_target_and_a_per_run_name(make_store: MakeStore) -> None:
     assert "ctx['parameters']['day']" in message
 
 
+def test_values_a_template_renders_alike_warn(make_store: MakeStore, task_logs: Any) -> None:
+    # the template uses the parameter, but different values render one key
+    store = make_store()
+
+    @xpersist_task(store=store, target="typed/{parameters[x]}.json", serializer="json")
+    def typed(x: Any) -> dict[str, Any]:
+        return {"x": x}
+
+    @xpersist_task(store=store, target="rounded/{parameters[x]:.0f}.json", serializer="json")
+    def rounded(x: float) -> float:
+        return x
+
+    @xpersist_task(store=store, target="distinct/{parameters[x]}.json", serializer="json")
+    def distinct(x: int) -> int:
+        return x
+
+    @flow(name="alike-flow")
+    def alike() -> list[Any]:
+        return [
+            typed.map([1, "1"]).result(),
+            rounded.map([1.1, 1.4]).result(),
+            distinct.map([1, 2, 1]).result(),  # the same value twice: the same key, no warning
+        ]
+
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        alike()
+    messages = sorted(_ambiguous(record))
+    assert len(messages) == 2, messages
+    rounded_message, typed_message = messages
+    assert "task 'rounded'" in rounded_message and "'rounded/1.json'" in rounded_message
+    assert "x=1.1 then x=1.4" in rounded_message or "x=1.4 then x=1.1" in rounded_message
+    assert "target='rounded/{parameters[x]:.0f}-{inputs_hash}.json'" in rounded_message
+    assert "task 'typed'" in typed_message and "'typed/1.json'" in typed_message
+    logged = task_logs.messages(logging.WARNING)
+    assert any("renders the key 'rounded/1.json'" in m for m in logged)
+    assert sorted(store.keys()) == [
+        "distinct/1.json",
+        "distinct/2.json",
+        "rounded/1.json",
+        "typed/1.json",
+    ]
+
+
 def test_target_keys() -> None:
     assert target_keys("a/{parameters[x]}-{parameters[y]:03d}.zarr").parameters == {"x", "y"}
     assert target_keys("{date:%A}-{flow_name}.zarr").kind == "static"

@@ -6,13 +6,16 @@ find it and return it whatever their own inputs. The first time this is seen for
 :class:`AmbiguousTargetWarning` is issued (and logged to the Prefect run logger) naming the
 parameter and a template that keys on it.
 
-Two checks, both cheap:
+Three checks, all cheap:
 
 - where the task is called (``task(...)``, ``.submit``, ``.map``, in the flow's process, so
   whatever the task runner): a ``str`` template's fields say which parameters it keys on; the
   values of the others are compared between the calls of one flow run;
 - where a call renders a callable target (in the process that runs the task): the calls of one
-  flow run that render the same key are compared on all their parameters.
+  flow run that render the same key are compared on all their parameters;
+- where a call renders a ``str`` template: the calls of one flow run that render the same key
+  are compared on the parameters the template uses. Different values can render alike (``1``
+  and ``"1"``, ``{parameters[x]:.0f}`` of ``1.1`` and ``1.4``): those calls share a key too.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from prefect.utilities.annotations import BaseAnnotation
 
 from ._context import TEMPLATE_NAMES, Target
 
-__all__ = ["AmbiguousTargetWarning", "TargetKeys", "target_keys"]
+__all__ = ["AmbiguousTargetWarning", "TargetKeys", "check_collisions", "target_keys"]
 
 _MODULE_LOGGER = logging.getLogger("xpersist_sql.prefect")
 
@@ -268,6 +271,17 @@ def _suggest_inputs_hash(target: str) -> str:
     return f"target={suggestion!r}"
 
 
+def _emit(message: str) -> None:
+    """Log ``message`` to the run's logger (or the module's) and issue the warning."""
+    logger: logging.Logger | logging.LoggerAdapter[logging.Logger]
+    try:
+        logger = get_run_logger()
+    except MissingContextError:
+        logger = _MODULE_LOGGER
+    logger.warning(message)
+    warnings.warn(message, AmbiguousTargetWarning, stacklevel=5)
+
+
 def _warn(
     task_name: str, target: Target, differing: list[tuple[str, str, str]], token: str
 ) -> None:
@@ -290,13 +304,7 @@ def _warn(
         f"run ({values}): those calls share one key, so the later ones return the value the "
         f"first one stored. Key the target on it: {_suggest(target, names)}{hint}"
     )
-    logger: logging.Logger | logging.LoggerAdapter[logging.Logger]
-    try:
-        logger = get_run_logger()
-    except MissingContextError:
-        logger = _MODULE_LOGGER
-    logger.warning(message)
-    warnings.warn(message, AmbiguousTargetWarning, stacklevel=4)
+    _emit(message)
 
 
 def check_calls(
@@ -340,3 +348,33 @@ def check_rendered(
     differing = _RECORD.differing(token, (scope, key), parameters, list(parameters))
     if differing:
         _warn(task_name, target, differing, token)
+
+
+def check_collisions(
+    token: str,
+    task_name: str,
+    target: str,
+    scope: str | None,
+    key: str,
+    parameters: Mapping[str, Any],
+) -> None:
+    """Compare the calls of one flow run whose template rendered ``key`` from its parameters.
+
+    ``parameters``: the values of the parameters the template uses. Different values that
+    render one key (a format that rounds or cuts them, ``1`` and ``"1"``) are warned about as
+    a target that does not use a parameter is.
+    """
+    if not parameters or _RECORD.warned(token):
+        return
+    differing = _RECORD.differing(token, ("rendered", scope, key), parameters, list(parameters))
+    if not differing or not _RECORD.claim_warning(token):
+        return
+    values = "; ".join(f"{name}={first} then {name}={now}" for name, first, now in differing)
+    message = (
+        f"the target {target!r} of task {task_name!r} renders the key {key!r} for different "
+        f"values of {', '.join(repr(name) for name, _, _ in differing)} in one flow run "
+        f"({values}): those calls share one key, so the later ones return the value the first "
+        "one stored. Render the values apart (no format that rounds or cuts them, and one type "
+        f"per parameter), or key on all the inputs: {_suggest_inputs_hash(target)}"
+    )
+    _emit(message)

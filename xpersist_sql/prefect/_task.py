@@ -52,7 +52,7 @@ from ..provenance import check_hashing_requirements, code_hash, identity_of, rec
 from ..serializers import auto_choices
 from ..storage import validate_key
 from ..store import CacheStore
-from ._ambiguity import TargetKeys, check_calls, check_rendered, target_keys
+from ._ambiguity import TargetKeys, check_calls, check_collisions, check_rendered, target_keys
 from ._assets import report_hit, report_write
 from ._context import RunContext, Target, call_parameters, render_target, uses_inputs_hash
 from ._lineage import Parent, StoredResult, identity_from, note_task_run, parents_of
@@ -237,6 +237,19 @@ class _Call:
                 context.flow_run_id,
                 key,
                 context.parameters,
+            )
+        elif spec.keys.kind == "static" and spec.keys.parameters:
+            check_collisions(
+                spec.token,
+                context.task_name,
+                cast(str, spec.target),
+                context.flow_run_id,
+                key,
+                {
+                    name: context.parameters[name]
+                    for name in spec.keys.parameters
+                    if name in context.parameters
+                },
             )
         return cls(
             spec=spec,
