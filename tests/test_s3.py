@@ -17,6 +17,7 @@ import fsspec
 import numpy as np
 import pandas as pd
 import pytest
+import sqlalchemy as sa
 import xarray as xr
 
 from tests.helpers import make_dataset, make_frame
@@ -26,6 +27,7 @@ from xpersist_sql import (
     CollisionError,
     DuplicateKeyError,
     PayloadMissingError,
+    UnsafePathError,
 )
 
 S3Store = Callable[..., CacheStore]
@@ -314,3 +316,46 @@ def test_gc_removes_the_token_of_a_payload_removed_behind_the_stores_back(
     assert set(after) <= set(before)
     xr.testing.assert_identical(store.get("kept.zarr").load(), make_dataset(seed=2))
     assert store.gc(older_than=0).items == []
+
+
+def test_a_store_nested_in_another_on_s3_is_never_written_or_removed_through(
+    s3_store: S3Store, s3_storage_options: dict[str, Any], s3_bucket: str, index_url: str
+) -> None:
+    # on local disk the walk of the key's directories finds the nested store; on S3 each
+    # folder of the key is asked for a marker before a write or a removal
+    outer = s3_store(on_duplicate_key="overwrite")
+    outer.put("own.json", 1, serializer="json")
+    inner = CacheStore(
+        f"s3://{s3_bucket}/cache/inner", database_url=index_url, storage_options=s3_storage_options
+    )
+    inner.put("i.json", 2, serializer="json")
+    inner_url = f"s3://{s3_bucket}/cache/inner"
+    fs = bucket_fs(s3_storage_options)
+    before = {name: fs.cat_file(name) for name in objects_under(s3_storage_options, inner_url)}
+
+    for key in ("inner/i.json", "inner/new.json", "inner/deep/x.json"):
+        with pytest.raises(UnsafePathError, match="holds another store"):
+            outer.put(key, 3, serializer="json")
+        with pytest.raises(UnsafePathError, match="holds another store"):
+            outer.check_writable(key)
+    # a row of the outer store naming a file of the inner one (crafted in the shared index)
+    with outer.engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO xpersist_artifacts (store_id, key, serializer, load_kwargs, "
+                "dump_kwargs, additional_metadata, created_at, size_bytes, versions) SELECT "
+                "store_id, 'inner/i.json', serializer, load_kwargs, dump_kwargs, "
+                "additional_metadata, created_at, size_bytes, versions FROM xpersist_artifacts "
+                "WHERE key = 'own.json'"
+            )
+        )
+    with pytest.raises(UnsafePathError, match="holds another store"):
+        outer.delete("inner/i.json")
+    outer.gc(older_than=0)
+    outer.evict(0, keep={"own.json"})
+
+    fs.invalidate_cache()
+    after = {name: fs.cat_file(name) for name in objects_under(s3_storage_options, inner_url)}
+    assert after == before
+    assert inner.get("i.json") == 2
+    inner.close()

@@ -42,7 +42,7 @@ from fsspec import AbstractFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
 from .errors import InvalidKeyError, UnsafePathError
-from .marker import HIDDEN_DIR, check_real_dir
+from .marker import HIDDEN_DIR, MARKER_NAME, check_real_dir
 
 __all__ = [
     "COMMIT_TOKEN",
@@ -652,12 +652,34 @@ class PayloadStorage:
             else:
                 os.replace(staged, final)
         else:
+            self.refuse_inside_store(key)
             if self.exists(key):
                 self._refuse_store(key, final)
                 trash = self._trash_path(key)
                 self._move(final, trash)
             self._move(staged, final)
         return trash
+
+    def refuse_inside_store(self, key: str) -> None:
+        """Object stores: refuse a key whose folders hold another store (its marker).
+
+        On local disk the walk of :meth:`check_path` checks each directory on the way; an
+        object store has no directories to walk, so each folder of the key is asked for a
+        marker (one request per level of the key, on writes and removals only).
+        """
+        if self.is_local:
+            return
+        folder = ""
+        for part in key.split("/")[:-1]:
+            folder = f"{folder}{part}/"
+            marker = self._join(folder, HIDDEN_DIR, MARKER_NAME)
+            self._refresh(marker)
+            if self.fs.exists(marker):
+                raise UnsafePathError(
+                    f"key {key!r} of store {self.url()!r} lies inside {self.url(folder)!r}, "
+                    f"which holds another store ({HIDDEN_DIR!r}): a store never reads or writes "
+                    "another store's files. Use another key, or open that store itself"
+                )
 
     def _refuse_store(self, key: str, path: str) -> None:
         if self._holds_store(path):
@@ -778,6 +800,7 @@ class PayloadStorage:
             When the key or what lies at it is outside what the store owns.
         """
         final = self.check_path(key, final=False)
+        self.refuse_inside_store(key)  # object stores (a new key too: a put writes there next)
         if self.is_local:
             if not os.path.lexists(final):
                 return None

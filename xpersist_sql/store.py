@@ -542,6 +542,7 @@ class CacheStore:
         self._check_writable("put", key)
         key = validate_key(key, store=self.path)
         self._storage.check_path(key, final=True)
+        self._storage.refuse_inside_store(key)
         self._backend.check_overlap(key)
         return key
 
