@@ -1049,6 +1049,11 @@ def test_an_internal_directory_replaced_by_a_symlink(
     assert snapshot(tmp_path, skip=root) == outside
     assert store_rows(store.engine, store_id(store)) == rows
     assert store.get("a.json") == 1
+    # a read of a lost payload looks for it in staging and the trash: never through the link
+    (root / "a.json").unlink()
+    with pytest.raises(UnsafePathError, match=rf"{name} directory .* is a symbolic link"):
+        store.get("a.json")
+    assert snapshot(tmp_path, skip=root) == outside
 
 
 def test_a_hidden_directory_linked_to_another_store(tmp_path: Path, make_store: MakeStore) -> None:

@@ -156,13 +156,11 @@ def _sqlite_metadata(index: int, kind: str) -> ColumnElement[bool]:
         entries = func.json_each(ARTIFACTS.c.additional_metadata).table_valued(
             "key", "value", "type"
         )
-        json_type: Any = entries.c.type
-        extracted: Any = entries.c.value
         named = entries.c.key == bindparam(f"meta_name_{index}", type_=String)
         return exists(
             select(1)
             .select_from(entries)
-            .where(named, _json_match(index, kind, json_type, extracted))
+            .where(named, _json_match(index, kind, entries.c.type, entries.c.value))
         )
     path = bindparam(f"meta_path_{index}", type_=String)
     json_type = func.json_type(ARTIFACTS.c.additional_metadata, path)
@@ -170,10 +168,12 @@ def _sqlite_metadata(index: int, kind: str) -> ColumnElement[bool]:
     return _json_match(index, kind, json_type, extracted)
 
 
-def _json_match(index: int, kind: str, json_type: Any, extracted: Any) -> ColumnElement[bool]:
+def _json_match(
+    index: int, kind: str, json_type: ColumnElement[Any], extracted: ColumnElement[Any]
+) -> ColumnElement[bool]:
     value: Any = bindparam(f"meta_value_{index}")
     if kind in ("null", "true", "false"):
-        return json_type == kind  # type: ignore[no-any-return]
+        return json_type == kind
     if kind == "number":
         return and_(json_type.in_(("integer", "real")), extracted == value)
     return and_(json_type == "text", extracted == value)
